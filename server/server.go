@@ -1,0 +1,128 @@
+// Package server wires a node together from its parts and runs it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"github.com/trustcase/node/clientapi"
+	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/server/accounts"
+	"github.com/trustcase/node/server/media"
+	"github.com/trustcase/node/server/rooms"
+	"github.com/trustcase/node/server/signing"
+	"github.com/trustcase/node/server/sync"
+	"github.com/trustcase/node/storage"
+	"github.com/trustcase/node/storage/postgres"
+	"github.com/trustcase/node/storage/sqlite"
+)
+
+// Node is one running homeserver.
+type Node struct {
+	Config   config.Config
+	Log      *logrus.Logger
+	Store    storage.Store
+	Key      signing.Key
+	Accounts *accounts.Service
+	Rooms    *rooms.Service
+	Sync     *sync.Service
+	Media    *media.Service
+}
+
+// New opens the store, loads (or creates) the signing key and builds every
+// service. The caller closes the node.
+func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data_dir: %w", err)
+	}
+	store, err := OpenStore(ctx, cfg.Database.URL)
+	if err != nil {
+		return nil, err
+	}
+	key, err := signing.LoadOrCreate(spec.ServerName(cfg.ServerName), cfg.DataDir)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	notifier := sync.NewNotifier()
+	n := &Node{Config: cfg, Log: log, Store: store, Key: key}
+	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
+		ServerName:       cfg.ServerName,
+		RegistrationMode: cfg.Registration.Mode,
+	}, log.WithField("component", "accounts"))
+	n.Rooms = rooms.New(store.Rooms(), key, notifier, log.WithField("component", "rooms"))
+	n.Sync = sync.New(store.Sync(), notifier, log.WithField("component", "sync"))
+	n.Media = media.New(store.Media(), media.Config{
+		ServerName: cfg.ServerName,
+		Dir:        filepath.Join(cfg.DataDir, "media"),
+		MaxBytes:   cfg.Media.MaxUploadBytes,
+	}, log.WithField("component", "media"))
+	return n, nil
+}
+
+// OpenStore opens the database named by a database.url.
+func OpenStore(ctx context.Context, url string) (storage.Store, error) {
+	switch {
+	case strings.HasPrefix(url, "sqlite:"):
+		return sqlite.Open(ctx, strings.TrimPrefix(url, "sqlite:"))
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return postgres.Open(ctx, url)
+	}
+	return nil, fmt.Errorf("database.url: unsupported scheme in %q", url)
+}
+
+// Close releases the store.
+func (n *Node) Close() error { return n.Store.Close() }
+
+// ClientHandler is the client API's HTTP handler.
+func (n *Node) ClientHandler() http.Handler {
+	api := &clientapi.API{
+		Config:   n.Config,
+		Log:      n.Log.WithField("component", "clientapi"),
+		Accounts: n.Accounts,
+		Rooms:    n.Rooms,
+		Sync:     n.Sync,
+		Media:    n.Media,
+	}
+	return api.Handler()
+}
+
+// Run serves the client API until ctx ends, then shuts down gracefully:
+// in-flight requests finish (up to a grace period) before Run returns.
+func (n *Node) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", n.Config.Client.Listen)
+	if err != nil {
+		return fmt.Errorf("client.listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           n.ClientHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	n.Log.WithFields(logrus.Fields{"server_name": n.Config.ServerName, "client": ln.Addr().String()}).Info("node started")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	n.Log.Info("shutting down")
+	// Long-polls see ctx done and return at once; other requests get a grace period.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

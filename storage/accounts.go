@@ -1,0 +1,5 @@
+package storage
+
+// AccountStore is what server/accounts keeps.
+type AccountStore interface {
+}

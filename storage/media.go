@@ -1,0 +1,5 @@
+package storage
+
+// MediaStore is what server/media keeps.
+type MediaStore interface {
+}

@@ -1,0 +1,5 @@
+package storage
+
+// RoomStore is what server/rooms keeps.
+type RoomStore interface {
+}

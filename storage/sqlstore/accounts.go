@@ -1,0 +1,3 @@
+package sqlstore
+
+type accountStore struct{ db *DB }

@@ -1,0 +1,3 @@
+package sqlstore
+
+type mediaStore struct{ db *DB }

@@ -1,0 +1,3 @@
+package sqlstore
+
+type roomStore struct{ db *DB }

@@ -1,0 +1,3 @@
+package sqlstore
+
+type syncStore struct{ db *DB }

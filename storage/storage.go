@@ -1,0 +1,29 @@
+// Package storage declares what the node keeps and the errors stores return.
+// One interface per concern; storage/sqlstore implements them once over
+// database/sql, and storage/sqlite and storage/postgres open it with their
+// dialect and migrations. All SQL lives below this folder.
+package storage
+
+import (
+	"context"
+	"errors"
+)
+
+var (
+	// ErrNotFound: the row asked for does not exist.
+	ErrNotFound = errors.New("storage: not found")
+	// ErrConflict: a unique key is taken (or a compare-and-set lost).
+	ErrConflict = errors.New("storage: conflict")
+)
+
+// Store is the node's whole store. Each accessor returns the part for one
+// concern; server packages take only the part they need.
+type Store interface {
+	Accounts() AccountStore
+	Rooms() RoomStore
+	Sync() SyncStore
+	Media() MediaStore
+	Close() error
+	// Ping checks the database answers.
+	Ping(ctx context.Context) error
+}

@@ -1,0 +1,5 @@
+package storagetest
+
+import "testing"
+
+func testAccounts(t *testing.T, open Opener) {}

@@ -1,0 +1,5 @@
+package storagetest
+
+import "testing"
+
+func testMedia(t *testing.T, open Opener) {}

@@ -1,0 +1,29 @@
+// Package storagetest is the one conformance suite every storage backend
+// passes: storagetest.Run(t, open).
+package storagetest
+
+import (
+	"testing"
+
+	"github.com/trustcase/node/storage"
+)
+
+// Opener returns a fresh, empty, migrated store for one test.
+type Opener func(t testing.TB) storage.Store
+
+// Run runs every conformance test against the backend open returns.
+func Run(t *testing.T, open Opener) {
+	t.Run("Migrate", func(t *testing.T) { testMigrate(t, open) })
+	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open) })
+	t.Run("Rooms", func(t *testing.T) { testRooms(t, open) })
+	t.Run("Sync", func(t *testing.T) { testSync(t, open) })
+	t.Run("Media", func(t *testing.T) { testMedia(t, open) })
+}
+
+// testMigrate checks a fresh store answers.
+func testMigrate(t *testing.T, open Opener) {
+	s := open(t)
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+}

@@ -1,0 +1,5 @@
+package storagetest
+
+import "testing"
+
+func testSync(t *testing.T, open Opener) {}

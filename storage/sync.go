@@ -1,0 +1,5 @@
+package storage
+
+// SyncStore is what server/sync keeps.
+type SyncStore interface {
+}
