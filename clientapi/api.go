@@ -10,7 +10,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/server/accountdata"
 	"github.com/trustcase/node/server/accounts"
+	"github.com/trustcase/node/server/keys"
 	"github.com/trustcase/node/server/media"
 	"github.com/trustcase/node/server/rooms"
 	"github.com/trustcase/node/server/sync"
@@ -24,7 +26,10 @@ type API struct {
 	Rooms    *rooms.Service
 	Sync     *sync.Service
 	Media    *media.Service
-	limiter  *rateLimiter
+	// AccountData serves account data and push rules.
+	AccountData *accountdata.Service
+	Keys        *keys.Service
+	limiter     *rateLimiter
 }
 
 // Handler builds the client API's HTTP handler.
@@ -60,6 +65,8 @@ func (a *API) Handler() http.Handler {
 	a.registerRooms(v3, v1)
 	a.registerSync(v3)
 	a.registerMedia(r, v1)
+	a.registerAccountData(v3)
+	a.registerKeys(v3)
 
 	return a.middleware(r)
 }

@@ -51,4 +51,3 @@ func (a *API) capabilities(*http.Request, *accounts.Device) (any, error) {
 		"m.3pid_changes":    map[string]bool{"enabled": false},
 	}}, nil
 }
-

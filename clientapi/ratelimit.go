@@ -53,7 +53,7 @@ func (l *rateLimiter) take(key string, now time.Time) (ok bool, retryAfter time.
 	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
 }
 
-func (a *API) limitIP(ip string) error    { return a.limit("ip:" + ip) }
+func (a *API) limitIP(ip string) error     { return a.limit("ip:" + ip) }
 func (a *API) limitUser(user string) error { return a.limit("user:" + user) }
 
 func (a *API) limit(key string) error {

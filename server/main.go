@@ -65,4 +65,3 @@ func loadForAdmin(path string, stderr io.Writer) (config.Config, bool) {
 	}
 	return cfg, true
 }
-

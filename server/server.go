@@ -17,7 +17,9 @@ import (
 
 	"github.com/trustcase/node/clientapi"
 	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/server/accountdata"
 	"github.com/trustcase/node/server/accounts"
+	"github.com/trustcase/node/server/keys"
 	"github.com/trustcase/node/server/media"
 	"github.com/trustcase/node/server/rooms"
 	"github.com/trustcase/node/server/signing"
@@ -37,6 +39,9 @@ type Node struct {
 	Rooms    *rooms.Service
 	Sync     *sync.Service
 	Media    *media.Service
+	// AccountData keeps account data and push rules.
+	AccountData *accountdata.Service
+	Keys        *keys.Service
 }
 
 // New opens the store, loads (or creates) the signing key and builds every
@@ -67,6 +72,8 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		Dir:        filepath.Join(cfg.DataDir, "media"),
 		MaxBytes:   cfg.Media.MaxUploadBytes,
 	}, log.WithField("component", "media"))
+	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
+	n.Keys = keys.New(store.Keys(), notifier, log.WithField("component", "keys"))
 	return n, nil
 }
 
@@ -93,6 +100,9 @@ func (n *Node) ClientHandler() http.Handler {
 		Rooms:    n.Rooms,
 		Sync:     n.Sync,
 		Media:    n.Media,
+
+		AccountData: n.AccountData,
+		Keys:        n.Keys,
 	}
 	return api.Handler()
 }

@@ -23,6 +23,8 @@ type Store interface {
 	Rooms() RoomStore
 	Sync() SyncStore
 	Media() MediaStore
+	AccountData() AccountDataStore
+	Keys() KeyStore
 	Close() error
 	// Ping checks the database answers.
 	Ping(ctx context.Context) error

@@ -35,10 +35,12 @@ type DB struct {
 
 var _ storage.Store = (*DB)(nil)
 
-func (db *DB) Accounts() storage.AccountStore { return &accountStore{db} }
-func (db *DB) Rooms() storage.RoomStore       { return &roomStore{db} }
-func (db *DB) Sync() storage.SyncStore        { return &syncStore{db} }
-func (db *DB) Media() storage.MediaStore      { return &mediaStore{db} }
+func (db *DB) Accounts() storage.AccountStore        { return &accountStore{db} }
+func (db *DB) Rooms() storage.RoomStore              { return &roomStore{db} }
+func (db *DB) Sync() storage.SyncStore               { return &syncStore{db} }
+func (db *DB) Media() storage.MediaStore             { return &mediaStore{db} }
+func (db *DB) AccountData() storage.AccountDataStore { return &accountDataStore{db} }
+func (db *DB) Keys() storage.KeyStore                { return &keyStore{db} }
 
 func (db *DB) Ping(ctx context.Context) error { return db.R.PingContext(ctx) }
 

@@ -18,6 +18,8 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Rooms", func(t *testing.T) { testRooms(t, open) })
 	t.Run("Sync", func(t *testing.T) { testSync(t, open) })
 	t.Run("Media", func(t *testing.T) { testMedia(t, open) })
+	t.Run("AccountData", func(t *testing.T) { testAccountDataStore(t, open) })
+	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
 }
 
 // testMigrate checks a fresh store answers.

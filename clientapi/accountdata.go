@@ -1,0 +1,5 @@
+package clientapi
+
+import "github.com/gorilla/mux"
+
+func (a *API) registerAccountData(v3 *mux.Router) {}

@@ -1,0 +1,5 @@
+package storage
+
+// AccountDataStore is what its server package keeps.
+type AccountDataStore interface {
+}

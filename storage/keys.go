@@ -1,0 +1,5 @@
+package storage
+
+// KeyStore is what its server package keeps.
+type KeyStore interface {
+}

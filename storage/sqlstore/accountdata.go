@@ -1,0 +1,3 @@
+package sqlstore
+
+type accountDataStore struct{ db *DB }

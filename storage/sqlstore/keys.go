@@ -1,0 +1,3 @@
+package sqlstore
+
+type keyStore struct{ db *DB }

@@ -1,0 +1,5 @@
+package storagetest
+
+import "testing"
+
+func testAccountDataStore(t *testing.T, open Opener) {}

@@ -1,0 +1,5 @@
+package storagetest
+
+import "testing"
+
+func testKeyStore(t *testing.T, open Opener) {}
