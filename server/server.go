@@ -3,6 +3,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/trustcase/node/clientapi"
 	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/federation"
 	"github.com/trustcase/node/server/accountdata"
 	"github.com/trustcase/node/server/accounts"
 	"github.com/trustcase/node/server/keys"
@@ -28,6 +30,9 @@ import (
 	"github.com/trustcase/node/storage/postgres"
 	"github.com/trustcase/node/storage/sqlite"
 )
+
+// Version is the node software version, reported to peers.
+const Version = "0.1.0"
 
 // Node is one running homeserver.
 type Node struct {
@@ -107,32 +112,56 @@ func (n *Node) ClientHandler() http.Handler {
 	return api.Handler()
 }
 
-// Run serves the client API until ctx ends, then shuts down gracefully:
-// in-flight requests finish (up to a grace period) before Run returns.
+// Run serves the client API and the federation listener (TLS) until ctx
+// ends, then shuts down gracefully: in-flight requests finish (up to a grace
+// period) before Run returns.
 func (n *Node) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", n.Config.Client.Listen)
+	cert, err := federation.LoadOrCreateCert(n.Config.Federation.TLSCert, n.Config.Federation.TLSKey, n.Config.ServerName)
+	if err != nil {
+		return err
+	}
+	clientLn, err := net.Listen("tcp", n.Config.Client.Listen)
 	if err != nil {
 		return fmt.Errorf("client.listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           n.ClientHandler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+	fedLn, err := net.Listen("tcp", n.Config.Federation.Listen)
+	if err != nil {
+		clientLn.Close()
+		return fmt.Errorf("federation.listen: %w", err)
 	}
-	n.Log.WithFields(logrus.Fields{"server_name": n.Config.ServerName, "client": ln.Addr().String()}).Info("node started")
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	base := func(net.Listener) context.Context { return ctx }
+	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
+	fedAPI := &federation.API{Key: n.Key, Version: Version, Log: n.Log.WithField("component", "federation")}
+	fedSrv := &http.Server{
+		Handler:           fedAPI.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       base,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	}
+	n.Log.WithFields(logrus.Fields{
+		"server_name": n.Config.ServerName,
+		"client":      clientLn.Addr().String(),
+		"federation":  fedLn.Addr().String(),
+	}).Info("node started")
+	errc := make(chan error, 2)
+	go func() { errc <- clientSrv.Serve(clientLn) }()
+	go func() { errc <- fedSrv.ServeTLS(fedLn, "", "") }()
+	var runErr error
 	select {
-	case err := <-errc:
-		return err
+	case runErr = <-errc:
 	case <-ctx.Done():
 	}
 	n.Log.Info("shutting down")
 	// Long-polls see ctx done and return at once; other requests get a grace period.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	for _, srv := range []*http.Server{clientSrv, fedSrv} {
+		if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) && runErr == nil {
+			runErr = err
+		}
 	}
-	return nil
+	if errors.Is(runErr, http.ErrServerClosed) {
+		runErr = nil
+	}
+	return runErr
 }

@@ -99,7 +99,9 @@ type Node struct {
 	ServerName string
 	Backend    Backend
 	// URL is the client API's base URL, e.g. http://127.0.0.1:40123.
-	URL        string
+	URL string
+	// FedAddr is the federation listener's host:port (TLS).
+	FedAddr    string
 	Dir        string
 	ConfigPath string
 
@@ -167,6 +169,7 @@ func StartNode(t testing.TB, b Backend, opts ...NodeOption) *Node {
 		ServerName: o.serverName,
 		Backend:    b,
 		URL:        "http://" + clientAddr,
+		FedAddr:    fedAddr,
 		Dir:        dir,
 		ConfigPath: cfgPath,
 		t:          t,
