@@ -25,6 +25,7 @@ type Store interface {
 	Media() MediaStore
 	AccountData() AccountDataStore
 	Keys() KeyStore
+	Federation() FederationStore
 	Close() error
 	// Ping checks the database answers.
 	Ping(ctx context.Context) error

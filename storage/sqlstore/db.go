@@ -41,6 +41,7 @@ func (db *DB) Sync() storage.SyncStore               { return &syncStore{db} }
 func (db *DB) Media() storage.MediaStore             { return &mediaStore{db} }
 func (db *DB) AccountData() storage.AccountDataStore { return &accountDataStore{db} }
 func (db *DB) Keys() storage.KeyStore                { return &keyStore{db} }
+func (db *DB) Federation() storage.FederationStore   { return &federationStore{db} }
 
 func (db *DB) Ping(ctx context.Context) error { return db.R.PingContext(ctx) }
 

@@ -20,6 +20,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Media", func(t *testing.T) { testMedia(t, open) })
 	t.Run("AccountData", func(t *testing.T) { testAccountDataStore(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
+	t.Run("Federation", func(t *testing.T) { testFederationStore(t, open) })
 }
 
 // testMigrate checks a fresh store answers.
