@@ -1,11 +1,14 @@
-// Package federation serves /_matrix/federation/** and /_matrix/key/** over
-// TLS. For now it publishes the server's identity (its signing key and
-// version); rooms, EDUs and the sending queues come with the federation issue.
+// Package federation is the federation transport: it serves
+// /_matrix/federation/** and /_matrix/key/** over TLS (our identity, request
+// authentication, inbound transactions), and sends to peers (Client, the
+// KeyRing, the persisted per-destination Queue). Room logic stays in
+// server/rooms, behind RoomInbox.
 package federation
 
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -14,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/trustcase/node/server/signing"
+	"github.com/trustcase/node/storage"
 )
 
 // keyValidity is how long peers may cache our key response.
@@ -24,6 +28,23 @@ type API struct {
 	Key     signing.Key
 	Version string
 	Log     logrus.FieldLogger
+
+	// Store keeps inbound transaction results.
+	Store storage.FederationStore
+	// KeyRing verifies request signatures (NewKeyRing).
+	KeyRing gomatrixserverlib.JSONVerifier
+	// Queue, when set, is told that a peer which called us is up.
+	Queue *Queue
+	// Rooms receives PDUs; nil means every room is unknown.
+	Rooms RoomInbox
+	// ToDevice receives m.direct_to_device EDUs; nil drops them.
+	ToDevice ToDeviceReceiver
+	// EDUs maps other EDU types to their receivers; other types are ignored.
+	EDUs map[string]EDUReceiver
+	// MaxBodyBytes bounds a request body (default 8 MiB).
+	MaxBodyBytes int64
+
+	txns txnLocks
 }
 
 // Handler builds the federation HTTP handler.
@@ -40,7 +61,13 @@ func (a *API) Handler() http.Handler {
 	r.HandleFunc("/_matrix/federation/v1/version", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "TrustCase", "version": a.Version}})
 	}).Methods(http.MethodGet)
+	r.Handle("/_matrix/federation/v1/send/{txnId}", a.authed(a.send)).Methods(http.MethodPut)
 	return r
+}
+
+// pathVar returns the unescaped path variable (the router matches encoded paths).
+func pathVar(r *http.Request, name string) (string, error) {
+	return url.PathUnescape(mux.Vars(r)[name])
 }
 
 // serverKeys answers with our verify key, signed by itself.

@@ -47,6 +47,8 @@ type Node struct {
 	// AccountData keeps account data and push rules.
 	AccountData *accountdata.Service
 	Keys        *keys.Service
+	// Federation is the outgoing federation transport (client, keyring, queue).
+	Federation *federation.Transport
 }
 
 // New opens the store, loads (or creates) the signing key and builds every
@@ -79,6 +81,10 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	}, log.WithField("component", "media"))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
 	n.Keys = keys.New(store.Keys(), notifier, log.WithField("component", "keys"))
+	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
+		store.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -131,7 +137,14 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	base := func(net.Listener) context.Context { return ctx }
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
-	fedAPI := &federation.API{Key: n.Key, Version: Version, Log: n.Log.WithField("component", "federation")}
+	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
+	queueCtx, stopQueue := context.WithCancel(ctx)
+	defer func() { stopQueue(); n.Federation.Queue.Wait() }()
+	if err := n.Federation.Queue.Start(queueCtx); err != nil {
+		clientLn.Close()
+		fedLn.Close()
+		return fmt.Errorf("federation queue: %w", err)
+	}
 	fedSrv := &http.Server{
 		Handler:           fedAPI.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,0 +1,278 @@
+package federation
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrix"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"github.com/trustcase/node/storage"
+)
+
+// Backoff bounds for a destination that does not answer.
+const (
+	DefaultMinBackoff = 2 * time.Second
+	DefaultMaxBackoff = time.Hour
+)
+
+// TxnSender sends one transaction; fclient.FederationClient is one.
+type TxnSender interface {
+	SendTransaction(ctx context.Context, t gomatrixserverlib.Transaction) (fclient.RespSend, error)
+}
+
+// Queue is the outgoing federation queue: items are persisted per
+// destination first, then a sender per destination delivers them in order,
+// in transactions of up to 50 PDUs and 100 EDUs, retrying with exponential
+// backoff. Whatever is queued at start (a previous run's leftovers) is sent.
+type Queue struct {
+	store  storage.FederationStore
+	client TxnSender
+	origin spec.ServerName
+	log    logrus.FieldLogger
+
+	// MinBackoff and MaxBackoff bound the wait between failed attempts.
+	MinBackoff, MaxBackoff time.Duration
+
+	mu      sync.Mutex
+	ctx     context.Context
+	senders map[string]*destSender
+	wg      sync.WaitGroup
+}
+
+type destSender struct {
+	dest string
+	wake chan struct{}
+}
+
+// NewQueue builds the queue; Start runs it.
+func NewQueue(store storage.FederationStore, client TxnSender, origin spec.ServerName, log logrus.FieldLogger) *Queue {
+	return &Queue{
+		store: store, client: client, origin: origin, log: log,
+		MinBackoff: DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
+		senders: map[string]*destSender{},
+	}
+}
+
+// Start runs the senders until ctx ends, beginning with every destination
+// that still has queued items.
+func (q *Queue) Start(ctx context.Context) error {
+	q.mu.Lock()
+	q.ctx = ctx
+	q.mu.Unlock()
+	dests, err := q.store.QueueDestinations(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range dests {
+		q.wake(d)
+	}
+	return nil
+}
+
+// Wait returns when every sender stopped (after Start's ctx ended).
+func (q *Queue) Wait() { q.wg.Wait() }
+
+// EnqueuePDU queues an event for the destinations (our own name is skipped).
+func (q *Queue) EnqueuePDU(ctx context.Context, destinations []string, eventID string, pdu json.RawMessage) error {
+	return q.Enqueue(ctx, destinations, storage.QueueItem{Kind: storage.QueuePDU, EventID: eventID, Payload: pdu})
+}
+
+// EnqueueEDU queues an EDU for the destinations (our own name is skipped).
+func (q *Queue) EnqueueEDU(ctx context.Context, destinations []string, eduType string, content any) error {
+	c, err := json.Marshal(content)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(gomatrixserverlib.EDU{Type: eduType, Origin: string(q.origin), Content: c})
+	if err != nil {
+		return err
+	}
+	return q.Enqueue(ctx, destinations, storage.QueueItem{Kind: storage.QueueEDU, Payload: raw})
+}
+
+// Enqueue persists item for every destination, then wakes their senders.
+func (q *Queue) Enqueue(ctx context.Context, destinations []string, item storage.QueueItem) error {
+	seen := map[string]bool{}
+	dests := make([]string, 0, len(destinations))
+	for _, d := range destinations {
+		if d == "" || d == string(q.origin) || seen[d] {
+			continue
+		}
+		seen[d] = true
+		dests = append(dests, d)
+	}
+	if err := q.store.Enqueue(ctx, dests, item, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	for _, d := range dests {
+		q.wake(d)
+	}
+	return nil
+}
+
+// RetryNow cuts a destination's backoff short: it is called when the peer
+// contacted us, so it is likely up again.
+func (q *Queue) RetryNow(destination string) {
+	q.mu.Lock()
+	s := q.senders[destination]
+	q.mu.Unlock()
+	if s != nil {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wake starts the destination's sender if needed and nudges it.
+func (q *Queue) wake(dest string) {
+	q.mu.Lock()
+	if q.ctx == nil || q.ctx.Err() != nil {
+		// Not started (or stopping): the items are persisted and Start
+		// picks them up.
+		q.mu.Unlock()
+		return
+	}
+	s := q.senders[dest]
+	if s == nil {
+		s = &destSender{dest: dest, wake: make(chan struct{}, 1)}
+		q.senders[dest] = s
+		q.wg.Add(1)
+		go q.run(q.ctx, s)
+	}
+	q.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is one destination's sender. It lives while the queue runs, idle when
+// there is nothing to send.
+func (q *Queue) run(ctx context.Context, s *destSender) {
+	defer q.wg.Done()
+	log := q.log.WithField("destination", s.dest)
+	var backoff time.Duration
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		}
+		for ctx.Err() == nil {
+			items, err := q.store.QueuePeek(ctx, s.dest, maxTxnPDUs, maxTxnEDUs)
+			if err != nil {
+				if ctx.Err() == nil {
+					log.WithError(err).Error("reading the federation queue")
+				}
+				backoff = q.nextBackoff(backoff)
+			} else if len(items) == 0 {
+				backoff = 0
+				break
+			} else if err := q.sendBatch(ctx, s.dest, items); err != nil {
+				backoff = q.nextBackoff(backoff)
+				log.WithError(err).WithField("retry_in", backoff.String()).Warn("federation transaction failed")
+			} else {
+				backoff = 0
+				continue
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-s.wake:
+				// The peer called us, or there is more to send: try now.
+				backoff = 0
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+}
+
+func (q *Queue) nextBackoff(cur time.Duration) time.Duration {
+	if cur <= 0 {
+		return q.MinBackoff
+	}
+	return min(2*cur, q.MaxBackoff)
+}
+
+// sendBatch sends items as one transaction and acks them on success. A
+// peer's per-PDU rejections are final (they are logged, not retried), as
+// is a 400/403 for the whole transaction; other failures are retried.
+func (q *Queue) sendBatch(ctx context.Context, dest string, items []storage.QueueItem) error {
+	txn := gomatrixserverlib.Transaction{
+		TransactionID:  txnIDFor(items),
+		Origin:         q.origin,
+		Destination:    spec.ServerName(dest),
+		OriginServerTS: spec.AsTimestamp(time.Now()),
+		PDUs:           []json.RawMessage{},
+	}
+	positions := make([]int64, 0, len(items))
+	for _, it := range items {
+		positions = append(positions, it.Position)
+		switch it.Kind {
+		case storage.QueuePDU:
+			txn.PDUs = append(txn.PDUs, json.RawMessage(it.Payload))
+		case storage.QueueEDU:
+			var e gomatrixserverlib.EDU
+			if err := json.Unmarshal(it.Payload, &e); err != nil {
+				q.log.WithField("destination", dest).WithError(err).Error("dropping a corrupt queued EDU")
+				continue
+			}
+			e.Destination = dest
+			txn.EDUs = append(txn.EDUs, e)
+		}
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	resp, err := q.client.SendTransaction(sendCtx, txn)
+	if err != nil {
+		var httpErr gomatrix.HTTPError
+		if errors.As(err, &httpErr) && (httpErr.Code == http.StatusBadRequest || httpErr.Code == http.StatusForbidden) {
+			q.log.WithField("destination", dest).WithField("status", httpErr.Code).
+				Error("peer refused a whole transaction; dropping it (retrying would not help)")
+		} else {
+			return err
+		}
+	}
+	for eventID, res := range resp.PDUs {
+		if res.Error != "" {
+			q.log.WithField("destination", dest).WithField("event_id", eventID).WithField("reason", res.Error).Info("peer rejected a PDU")
+		}
+	}
+	// The items were delivered; acking is on a fresh context so shutdown
+	// does not lose the ack of a transaction the peer accepted.
+	ackCtx, cancelAck := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelAck()
+	return q.store.QueueAck(ackCtx, dest, positions)
+}
+
+// txnIDFor names a batch by its content: a retry of the same batch (even
+// after a restart) carries the same ID, so the peer's deduplication answers
+// it, while any other batch gets another ID.
+func txnIDFor(items []storage.QueueItem) gomatrixserverlib.TransactionID {
+	h := sha256.New()
+	var buf [8]byte
+	for _, it := range items {
+		binary.BigEndian.PutUint64(buf[:], uint64(it.Position))
+		h.Write(buf[:])
+		h.Write([]byte(it.Kind))
+		binary.BigEndian.PutUint64(buf[:], uint64(len(it.Payload)))
+		h.Write(buf[:])
+		h.Write(it.Payload)
+	}
+	return gomatrixserverlib.TransactionID(hex.EncodeToString(h.Sum(nil)[:16]))
+}

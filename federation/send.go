@@ -1,0 +1,257 @@
+package federation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/server/mxerr"
+	"github.com/trustcase/node/storage"
+)
+
+// Transaction limits (spec: server-server API, "Transactions").
+const (
+	maxTxnPDUs = 50
+	maxTxnEDUs = 100
+)
+
+// ErrUnknownRoom is what a RoomInbox returns for a room this server does
+// not take part in.
+var ErrUnknownRoom = errors.New("unknown room")
+
+// RoomInbox receives the PDUs of inbound transactions. server/rooms
+// implements it in the federation issue.
+type RoomInbox interface {
+	// RoomVersion is the version of a room this server knows, or ErrUnknownRoom.
+	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
+	// ReceivePDU checks and stores one PDU sent by origin. Its error is
+	// reported to the sender as that PDU's result.
+	ReceivePDU(ctx context.Context, origin spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, pdu json.RawMessage) error
+}
+
+// EDUReceiver handles one EDU type of inbound transactions.
+type EDUReceiver interface {
+	ReceiveEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error
+}
+
+// ToDeviceReceiver takes m.direct_to_device EDUs into the local to-device
+// queue (the keys service implements it).
+type ToDeviceReceiver interface {
+	// ReceiveToDevice delivers messages[userID][deviceID or "*"] = content,
+	// of eventType from sender, deduplicated by (sender, messageID).
+	ReceiveToDevice(ctx context.Context, origin spec.ServerName, sender, eventType, messageID string, messages map[string]map[string]json.RawMessage) error
+}
+
+// toDeviceEDU adapts a ToDeviceReceiver to the EDU dispatch.
+type toDeviceEDU struct{ r ToDeviceReceiver }
+
+func (t toDeviceEDU) ReceiveEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+	var c struct {
+		Sender    string                                `json:"sender"`
+		Type      string                                `json:"type"`
+		MessageID string                                `json:"message_id"`
+		Messages  map[string]map[string]json.RawMessage `json:"messages"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return err
+	}
+	_, domain, err := gomatrixserverlib.SplitID('@', c.Sender)
+	if err != nil || domain != origin {
+		return errors.New("m.direct_to_device sender is not a user of the origin")
+	}
+	return t.r.ReceiveToDevice(ctx, origin, c.Sender, c.Type, c.MessageID, c.Messages)
+}
+
+// txnBody is the body of PUT /send/{txnId}.
+type txnBody struct {
+	Origin         string            `json:"origin"`
+	OriginServerTS int64             `json:"origin_server_ts"`
+	PDUs           []json.RawMessage `json:"pdus"`
+	EDUs           []json.RawMessage `json:"edus"`
+}
+
+type pduResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// txnLocks serialises the processing of one (origin, txnId), so a replay
+// that races the original waits for its stored answer.
+type txnLocks struct {
+	mu    sync.Mutex
+	locks map[[2]string]*txnLock
+}
+
+type txnLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (l *txnLocks) lock(origin, txnID string) func() {
+	k := [2]string{origin, txnID}
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[[2]string]*txnLock{}
+	}
+	e := l.locks[k]
+	if e == nil {
+		e = &txnLock{}
+		l.locks[k] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		l.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(l.locks, k)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// send handles PUT /_matrix/federation/v1/send/{txnId}: idempotent per
+// (origin, txnId); PDUs go to the RoomInbox, EDUs to their receivers.
+func (a *API) send(r *http.Request, origin spec.ServerName, raw []byte) (any, error) {
+	txnID, err := pathVar(r, "txnId")
+	if err != nil || txnID == "" {
+		return nil, mxerr.InvalidParam("bad transaction id")
+	}
+	if len(raw) == 0 {
+		return nil, mxerr.NotJSON("a transaction needs a JSON body")
+	}
+	var body txnBody
+	if err := json.Unmarshal(raw, &body); err != nil {
+		return nil, mxerr.BadJSON("transaction body: %v", err)
+	}
+	if body.PDUs == nil {
+		return nil, mxerr.BadJSON("transaction body: pdus is required")
+	}
+	if len(body.PDUs) > maxTxnPDUs || len(body.EDUs) > maxTxnEDUs {
+		return nil, mxerr.BadJSON("a transaction carries at most %d PDUs and %d EDUs (got %d and %d)",
+			maxTxnPDUs, maxTxnEDUs, len(body.PDUs), len(body.EDUs))
+	}
+	if body.Origin != "" && spec.ServerName(body.Origin) != origin {
+		return nil, mxerr.InvalidParam("transaction origin %q is not the signing server", body.Origin)
+	}
+	ctx := r.Context()
+	unlock := a.txns.lock(string(origin), txnID)
+	defer unlock()
+	if stored, err := a.Store.InboundTxn(ctx, string(origin), txnID); err == nil {
+		return json.RawMessage(stored), nil
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return nil, err
+	}
+
+	results := make(map[string]pduResult, len(body.PDUs))
+	for _, pdu := range body.PDUs {
+		eventID, err := a.receivePDU(ctx, origin, pdu)
+		if eventID == "" {
+			// Without an event ID there is nothing to report against.
+			a.Log.WithField("origin", origin).WithError(err).Info("dropped a PDU that is not an event")
+			continue
+		}
+		if err != nil {
+			results[eventID] = pduResult{Error: err.Error()}
+			continue
+		}
+		results[eventID] = pduResult{}
+	}
+	for _, e := range body.EDUs {
+		a.receiveEDU(ctx, origin, e)
+	}
+	resp, err := json.Marshal(map[string]any{"pdus": results})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Store.StoreInboundTxn(ctx, string(origin), txnID, resp, time.Now().UnixMilli()); err != nil {
+		return nil, err
+	}
+	return json.RawMessage(resp), nil
+}
+
+// receivePDU hands one PDU to the RoomInbox and returns its event ID (""
+// when the PDU is not an event at all).
+func (a *API) receivePDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage) (string, error) {
+	var head struct {
+		RoomID  string `json:"room_id"`
+		EventID string `json:"event_id"`
+	}
+	if err := json.Unmarshal(pdu, &head); err != nil {
+		return "", err
+	}
+	if head.RoomID == "" {
+		return "", errors.New("PDU without room_id")
+	}
+	version := gomatrixserverlib.RoomVersion("")
+	var err error
+	if a.Rooms == nil {
+		err = ErrUnknownRoom
+	} else {
+		version, err = a.Rooms.RoomVersion(ctx, head.RoomID)
+	}
+	if errors.Is(err, ErrUnknownRoom) || errors.Is(err, storage.ErrNotFound) {
+		// The room's version fixes how its event IDs are computed; for a
+		// room we do not know we use the event_id the PDU carries (room
+		// versions 1-2) or the reference hash of the spec's default room
+		// version (12; versions 11 and 12 compute IDs alike).
+		return eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
+	}
+	if err != nil {
+		a.Log.WithError(err).Error("looking up a room version")
+		return eventIDGuess(pdu, head.EventID), errors.New("internal error")
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
+	if err != nil {
+		return eventIDGuess(pdu, head.EventID), err
+	}
+	ev, err := verImpl.NewEventFromUntrustedJSON(pdu)
+	if err != nil {
+		return eventIDGuess(pdu, head.EventID), err
+	}
+	return ev.EventID(), a.Rooms.ReceivePDU(ctx, origin, version, pdu)
+}
+
+func eventIDGuess(pdu json.RawMessage, carried string) string {
+	if carried != "" {
+		return carried
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersionV12)
+	if err != nil {
+		return ""
+	}
+	ev, err := verImpl.NewEventFromUntrustedJSON(pdu)
+	if err != nil {
+		return ""
+	}
+	return ev.EventID()
+}
+
+// receiveEDU dispatches one EDU by type; unknown types are ignored and
+// failures only logged (EDUs have no per-item result).
+func (a *API) receiveEDU(ctx context.Context, origin spec.ServerName, raw json.RawMessage) {
+	var e struct {
+		Type    string          `json:"edu_type"`
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil || e.Type == "" {
+		a.Log.WithField("origin", origin).Debug("ignored an EDU without edu_type")
+		return
+	}
+	rcv := a.EDUs[e.Type]
+	if rcv == nil && e.Type == "m.direct_to_device" && a.ToDevice != nil {
+		rcv = toDeviceEDU{a.ToDevice}
+	}
+	if rcv == nil {
+		return
+	}
+	if err := rcv.ReceiveEDU(ctx, origin, e.Content); err != nil {
+		a.Log.WithField("origin", origin).WithField("edu_type", e.Type).WithError(err).Info("EDU rejected")
+	}
+}
