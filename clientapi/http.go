@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
@@ -122,6 +124,9 @@ func writeError(w http.ResponseWriter, r *http.Request, log logrus.FieldLogger, 
 	}
 	body["errcode"] = mx.Code
 	body["error"] = mx.Msg
+	if ms, ok := mx.Extra["retry_after_ms"].(int64); ok && mx.Status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10)) // spec: Retry-After SHOULD be sent with 429
+	}
 	writeJSON(w, mx.Status, body)
 }
 
@@ -169,8 +174,9 @@ func firstNonSpace(b []byte) int {
 // encoded path so that %2F inside an ID stays inside its segment).
 func pathVar(r *http.Request, name string) (string, error) {
 	v, err := url.PathUnescape(mux.Vars(r)[name])
-	if err != nil {
-		return "", mxerr.InvalidParam("path parameter %s is not valid percent-encoding", name)
+	// Odd bytes never reach the services (PostgreSQL refuses NUL and invalid UTF-8 in text).
+	if err != nil || !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+		return "", mxerr.InvalidParam("path parameter %s is not valid percent-encoded UTF-8", name)
 	}
 	return v, nil
 }

@@ -1,10 +1,13 @@
 package clientapi
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -15,7 +18,29 @@ import (
 
 type ctxKey int
 
-const requestIDKey ctxKey = 0
+const (
+	requestIDKey ctxKey = iota
+	stoppingKey
+)
+
+// ShutdownContext is the base context for the client listener's requests
+// (http.Server.BaseContext). A request is NOT cancelled when stopping ends:
+// in-flight requests finish during graceful shutdown instead of failing
+// half-way. Only long-polls (requests that wait by the client's choice, e.g.
+// /sync?timeout=…) are cancelled then, so that they answer at once and do not
+// hold shutdown up.
+func ShutdownContext(stopping context.Context) context.Context {
+	return context.WithValue(context.WithoutCancel(stopping), stoppingKey, stopping)
+}
+
+// isLongPoll reports whether the client asked the request to wait for news.
+func isLongPoll(r *http.Request) bool {
+	if r.Method != http.MethodGet {
+		return false
+	}
+	q := r.URL.Query()
+	return q.Has("timeout") || q.Has("timeout_ms")
+}
 
 // middleware wraps every client request: CORS and OPTIONS, a request id, the
 // per-IP rate limit, the body limit, panic recovery and an access log line
@@ -35,7 +60,15 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() {
 			if p := recover(); p != nil {
-				a.Log.WithField("request_id", id).WithField("panic", p).Error("handler panicked")
+				if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+					panic(p) // the handler deliberately aborts the response
+				}
+				a.Log.WithFields(logrus.Fields{
+					"request_id": id,
+					"panic":      p,
+					"path":       redactPath(r.URL.EscapedPath()),
+					"stack":      string(debug.Stack()),
+				}).Error("handler panicked")
 				if !rec.wrote {
 					writeError(rec, r, a.Log, mxerr.Internal())
 				}
@@ -60,7 +93,15 @@ func (a *API) middleware(next http.Handler) http.Handler {
 			writeError(rec, r, a.Log, mxerr.TooLarge("request body exceeds %d bytes", limit))
 			return
 		}
-		r.Body = http.MaxBytesReader(rec, r.Body, limit)
+		// The original writer, so that the server closes the connection after
+		// a body over the limit instead of reading the rest of it.
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		if stopping, ok := r.Context().Value(stoppingKey).(context.Context); ok && isLongPoll(r) {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			defer context.AfterFunc(stopping, cancel)()
+			r = r.WithContext(ctx)
+		}
 		next.ServeHTTP(rec, r)
 	})
 }

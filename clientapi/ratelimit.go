@@ -32,8 +32,10 @@ func (l *rateLimiter) take(key string, now time.Time) (ok bool, retryAfter time.
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.swept) > time.Minute {
+		// Drop only buckets that have refilled completely: dropping a
+		// partly empty one would hand its owner a full burst again.
 		for k, b := range l.buckets {
-			if now.Sub(b.last) > time.Minute {
+			if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
 				delete(l.buckets, k)
 			}
 		}
