@@ -48,11 +48,16 @@ type Queue struct {
 	ctx     context.Context
 	senders map[string]*destSender
 	wg      sync.WaitGroup
+
+	// afterAck, when set (tests), is called after items were acked.
+	afterAck func(dest string, n int)
 }
 
 type destSender struct {
 	dest string
-	wake chan struct{}
+	// wake: there are new items. retry: the peer contacted us, so a
+	// backoff in progress is cut short (new items alone do not cut it).
+	wake, retry chan struct{}
 }
 
 // NewQueue builds the queue; Start runs it.
@@ -129,7 +134,7 @@ func (q *Queue) RetryNow(destination string) {
 	q.mu.Unlock()
 	if s != nil {
 		select {
-		case s.wake <- struct{}{}:
+		case s.retry <- struct{}{}:
 		default:
 		}
 	}
@@ -146,7 +151,7 @@ func (q *Queue) wake(dest string) {
 	}
 	s := q.senders[dest]
 	if s == nil {
-		s = &destSender{dest: dest, wake: make(chan struct{}, 1)}
+		s = &destSender{dest: dest, wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
 		q.senders[dest] = s
 		q.wg.Add(1)
 		go q.run(q.ctx, s)
@@ -164,27 +169,35 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 	defer q.wg.Done()
 	log := q.log.WithField("destination", s.dest)
 	var backoff time.Duration
+	// batch is the transaction in flight: until the peer acknowledges it, a
+	// retry sends exactly these items (so the same txn ID), never a regrouping.
+	var batch []storage.QueueItem
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+		case <-s.retry:
 		}
 		for ctx.Err() == nil {
-			items, err := q.store.QueuePeek(ctx, s.dest, maxTxnPDUs, maxTxnEDUs)
+			var err error
+			if batch == nil {
+				batch, err = q.store.QueuePeek(ctx, s.dest, maxTxnPDUs, maxTxnEDUs)
+			}
 			if err != nil {
+				batch = nil
 				if ctx.Err() == nil {
 					log.WithError(err).Error("reading the federation queue")
 				}
 				backoff = q.nextBackoff(backoff)
-			} else if len(items) == 0 {
-				backoff = 0
+			} else if len(batch) == 0 {
+				batch, backoff = nil, 0
 				break
-			} else if err := q.sendBatch(ctx, s.dest, items); err != nil {
+			} else if err := q.sendBatch(ctx, s.dest, batch); err != nil {
 				backoff = q.nextBackoff(backoff)
 				log.WithError(err).WithField("retry_in", backoff.String()).Warn("federation transaction failed")
 			} else {
-				backoff = 0
+				batch, backoff = nil, 0
 				continue
 			}
 			t := time.NewTimer(backoff)
@@ -192,8 +205,8 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 			case <-ctx.Done():
 				t.Stop()
 				return
-			case <-s.wake:
-				// The peer called us, or there is more to send: try now.
+			case <-s.retry:
+				// The peer called us: it is likely up, try now.
 				backoff = 0
 			case <-t.C:
 			}
@@ -257,7 +270,13 @@ func (q *Queue) sendBatch(ctx context.Context, dest string, items []storage.Queu
 	// does not lose the ack of a transaction the peer accepted.
 	ackCtx, cancelAck := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelAck()
-	return q.store.QueueAck(ackCtx, dest, positions)
+	if err := q.store.QueueAck(ackCtx, dest, positions); err != nil {
+		return err
+	}
+	if q.afterAck != nil {
+		q.afterAck(dest, len(positions))
+	}
+	return nil
 }
 
 // txnIDFor names a batch by its content: a retry of the same batch (even
