@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -140,7 +141,7 @@ type resolver struct {
 // The certificate must be valid for the server name's host, or for the
 // delegated host after a well-known delegation.
 func (r *resolver) resolve(ctx context.Context, serverName spec.ServerName) (string, string, error) {
-	host, port, ok := spec.ParseAndValidateServerName(serverName)
+	host, port, ok := parseServerName(serverName)
 	if !ok {
 		return "", "", fmt.Errorf("invalid server name %q", serverName)
 	}
@@ -191,7 +192,7 @@ func (r *resolver) lookupWellKnown(ctx context.Context, host string) wellKnownEn
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body); err != nil {
 		return fail(err)
 	}
-	dHost, dPort, ok := spec.ParseAndValidateServerName(spec.ServerName(body.Server))
+	dHost, dPort, ok := parseServerName(spec.ServerName(body.Server))
 	if !ok {
 		return fail(fmt.Errorf("m.server %q is not a valid server name", body.Server))
 	}
@@ -199,6 +200,13 @@ func (r *resolver) lookupWellKnown(ctx context.Context, host string) wellKnownEn
 		dPort = defaultFederationPort
 	}
 	return wellKnownEntry{addr: net.JoinHostPort(dHost, strconv.Itoa(dPort)), tlsName: dHost, expires: time.Now().Add(wellKnownTTL)}
+}
+
+// parseServerName splits a server name into host (IPv6 without brackets)
+// and port (-1 when absent).
+func parseServerName(name spec.ServerName) (string, int, bool) {
+	host, port, ok := spec.ParseAndValidateServerName(name)
+	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), port, ok
 }
 
 // transport returns the HTTP transport verifying certificates for tlsName.
