@@ -112,8 +112,9 @@ func isUpload(r *http.Request) bool {
 		strings.HasPrefix(p, "/_matrix/client/v1/media/upload")
 }
 
-// redactPath keeps the log free of values that may be secret-ish: query
-// strings are never logged, and path segments after /media/ are shortened.
+// redactPath is the path as it may be logged: callers pass the path only
+// (query strings, where the deprecated access_token and registration tokens
+// travel, are never logged), cut to a bounded length.
 func redactPath(p string) string {
 	if len(p) > 200 {
 		return p[:200] + "…"
