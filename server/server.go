@@ -73,7 +73,6 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		RegistrationMode: cfg.Registration.Mode,
 	}, log.WithField("component", "accounts"))
 	n.Rooms = rooms.New(store.Rooms(), key, notifier, log.WithField("component", "rooms"))
-	n.Sync = sync.New(store.Sync(), notifier, log.WithField("component", "sync"))
 	n.Media = media.New(store.Media(), media.Config{
 		ServerName: cfg.ServerName,
 		Dir:        filepath.Join(cfg.DataDir, "media"),
@@ -81,6 +80,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	}, log.WithField("component", "media"))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
 	n.Keys = keys.New(store.Keys(), notifier, log.WithField("component", "keys"))
+	n.Sync = sync.New(store.Sync(), notifier, sync.AsAccountData(n.AccountData), sync.AsE2EE(n.Keys), log.WithField("component", "sync"))
 	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
 		store.Close()
 		return nil, err

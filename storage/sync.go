@@ -1,5 +1,79 @@
 package storage
 
-// SyncStore is what server/sync keeps.
+import "context"
+
+// SyncStore is what server/sync reads: the timeline and state written by
+// server/rooms (events, state_snapshots, current_state), and the filters
+// clients upload.
 type SyncStore interface {
+	// TimelinePosition is the highest event_nid written: the current end of
+	// the timeline stream.
+	TimelinePosition(ctx context.Context) (int64, error)
+	// UserMemberships returns every accepted m.room.member event whose
+	// state_key is userID with nid <= upTo, in nid order. Rejected events
+	// and outliers are left out, except outlier invites (an invite received
+	// over federation to a room the node is not in).
+	UserMemberships(ctx context.Context, userID string, upTo int64) ([]Membership, error)
+	// ForgottenRooms returns the rooms userID has forgotten.
+	ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error)
+	// RoomEvents returns a room's timeline events (not outliers, not
+	// rejected) with After < nid <= UpTo that pass the filter, at most Limit,
+	// newest first when Backward, else oldest first.
+	RoomEvents(ctx context.Context, roomID string, q EventQuery) ([]Event, error)
+	// StateAt returns the room's state after its last timeline event with
+	// nid <= pos (empty if there is none).
+	StateAt(ctx context.Context, roomID string, pos int64) ([]Event, error)
+	// CurrentState returns the room's current state events.
+	CurrentState(ctx context.Context, roomID string) ([]Event, error)
+	// EventByID returns one event (ErrNotFound if unknown).
+	EventByID(ctx context.Context, eventID string) (Event, error)
+	// VisibilityChanges returns, in nid order, the room's accepted
+	// m.room.history_visibility events and the m.room.member events about
+	// userID with nid <= upTo: what history visibility depends on.
+	VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]StateChange, error)
+	// StoreFilter keeps a filter (JSON) for userID and returns its id.
+	StoreFilter(ctx context.Context, userID string, filter []byte) (string, error)
+	// Filter returns userID's filter by id (ErrNotFound if unknown or
+	// another user's).
+	Filter(ctx context.Context, userID, filterID string) ([]byte, error)
+}
+
+// Membership is one m.room.member event about a user.
+type Membership struct {
+	RoomID     string
+	NID        int64
+	EventID    string
+	Membership string // join, invite, leave, ban, knock
+}
+
+// StateChange is one state event reduced to what visibility needs: its
+// type, state key and the value that matters (membership or
+// history_visibility).
+type StateChange struct {
+	NID      int64
+	EventID  string
+	Type     string
+	StateKey string
+	Value    string
+}
+
+// EventQuery selects a slice of a room's timeline.
+type EventQuery struct {
+	// After and UpTo bound the nids: After < nid <= UpTo. UpTo <= 0 means
+	// no upper bound.
+	After, UpTo int64
+	Limit       int
+	Backward    bool
+	Filter      EventFilter
+}
+
+// EventFilter is the part of a Matrix RoomEventFilter the store applies.
+// Types may end in '*' (prefix match).
+type EventFilter struct {
+	Types, NotTypes     []string
+	Senders, NotSenders []string
+	// TypesSet tells that Types was given (an empty list then matches nothing).
+	TypesSet bool
+	// SendersSet tells that Senders was given.
+	SendersSet bool
 }

@@ -1,11 +1,67 @@
 package sync
 
+import stdsync "sync"
+
 // Notifier wakes long-polling /sync requests when something they care about
-// commits. It is in memory only: the database is the source of truth.
-type Notifier struct{}
+// commits. It is in memory only: the database is the source of truth, so a
+// request takes its channel (Listen) BEFORE it reads the database; a Wake
+// that lands between the read and the wait has already closed the channel.
+type Notifier struct {
+	mu      stdsync.Mutex
+	waiters map[string]*waiter
+}
+
+// waiter is the channel all current listeners of one user share; Wake
+// closes it and the next Listen makes a fresh one.
+type waiter struct {
+	ch chan struct{}
+	n  int // listeners holding ch
+}
 
 // NewNotifier builds an idle notifier.
-func NewNotifier() *Notifier { return &Notifier{} }
+func NewNotifier() *Notifier { return &Notifier{waiters: map[string]*waiter{}} }
 
-// Wake tells the notifier that these users have something new.
-func (n *Notifier) Wake(userIDs ...string) {}
+// Wake tells the notifier that these users have something new: every
+// channel Listen gave out for them is closed.
+func (n *Notifier) Wake(userIDs ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, u := range userIDs {
+		if w, ok := n.waiters[u]; ok {
+			close(w.ch)
+			delete(n.waiters, u)
+		}
+	}
+}
+
+// Listen returns a channel closed at the next Wake of userID, and a release
+// function the caller must call when it stops waiting (it frees the entry
+// once nobody listens, so cancelled requests leak nothing).
+func (n *Notifier) Listen(userID string) (<-chan struct{}, func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w, ok := n.waiters[userID]
+	if !ok {
+		w = &waiter{ch: make(chan struct{})}
+		n.waiters[userID] = w
+	}
+	w.n++
+	var once stdsync.Once
+	return w.ch, func() {
+		once.Do(func() {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			w.n--
+			if w.n == 0 && n.waiters[userID] == w {
+				delete(n.waiters, userID)
+			}
+		})
+	}
+}
+
+// listeners counts the users with someone waiting (for tests).
+func (n *Notifier) listeners() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.waiters)
+}

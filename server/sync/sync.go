@@ -1,8 +1,15 @@
 // Package sync assembles /sync responses from the stream positions of
-// everything a client syncs on, and wakes long-polls when something commits.
+// everything a client syncs on, serves the read side of rooms (/messages,
+// /context, /state, /members, …), and wakes long-polls when something
+// commits.
 package sync
 
 import (
+	"context"
+	"encoding/json"
+	"sort"
+	"time"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/trustcase/node/storage"
@@ -10,12 +17,612 @@ import (
 
 // Service is the sync domain.
 type Service struct {
-	store    storage.SyncStore
-	notifier *Notifier
-	log      logrus.FieldLogger
+	store       storage.SyncStore
+	notifier    *Notifier
+	accountData AccountData
+	e2ee        E2EE
+	log         logrus.FieldLogger
 }
 
-// New builds the sync service around its notifier.
-func New(store storage.SyncStore, notifier *Notifier, log logrus.FieldLogger) *Service {
-	return &Service{store: store, notifier: notifier, log: log}
+// New builds the sync service around its notifier. accountData and e2ee may
+// be nil: their sections are then present and empty.
+func New(store storage.SyncStore, notifier *Notifier, accountData AccountData, e2ee E2EE, log logrus.FieldLogger) *Service {
+	if accountData == nil {
+		log.Warn("sync: no account-data service: account data, receipts and typing stay empty")
+	}
+	if e2ee == nil {
+		log.Warn("sync: no E2EE service: to-device messages, device lists and key counts stay empty")
+	}
+	return &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log}
+}
+
+const (
+	defaultTimelineLimit = 10
+	maxTimelineLimit     = 1000
+	// maxToDevice is how many to-device messages one sync delivers.
+	maxToDevice = 1000
+	// MaxTimeout caps a long-poll.
+	MaxTimeout = 5 * time.Minute
+)
+
+// Request is one GET /sync.
+type Request struct {
+	UserID, DeviceID string
+	Since            string
+	Timeout          time.Duration
+	FullState        bool
+	// Filter is a filter id or inline JSON.
+	Filter string
+}
+
+// Response is the /sync body. Every section is always present.
+type Response struct {
+	NextBatch     string         `json:"next_batch"`
+	Rooms         Rooms          `json:"rooms"`
+	AccountData   EventList      `json:"account_data"`
+	Presence      EventList      `json:"presence"`
+	ToDevice      EventList      `json:"to_device"`
+	DeviceLists   DeviceLists    `json:"device_lists"`
+	OTKCounts     map[string]int `json:"device_one_time_keys_count"`
+	FallbackTypes []string       `json:"device_unused_fallback_key_types"`
+}
+
+// Rooms holds the rooms by the user's membership.
+type Rooms struct {
+	Join   map[string]*JoinedRoom  `json:"join"`
+	Invite map[string]*InvitedRoom `json:"invite"`
+	Leave  map[string]*LeftRoom    `json:"leave"`
+	Knock  map[string]any          `json:"knock"`
+}
+
+// EventList is {"events": [...]}, never null.
+type EventList struct {
+	Events []json.RawMessage `json:"events"`
+}
+
+func list(evs []json.RawMessage) EventList {
+	if evs == nil {
+		evs = []json.RawMessage{}
+	}
+	return EventList{Events: evs}
+}
+
+// Timeline is a room's timeline slice.
+type Timeline struct {
+	Events    []json.RawMessage `json:"events"`
+	Limited   bool              `json:"limited"`
+	PrevBatch string            `json:"prev_batch,omitempty"`
+}
+
+// JoinedRoom is a room the user is joined to.
+type JoinedRoom struct {
+	Summary             Summary   `json:"summary"`
+	State               EventList `json:"state"`
+	Timeline            Timeline  `json:"timeline"`
+	Ephemeral           EventList `json:"ephemeral"`
+	AccountData         EventList `json:"account_data"`
+	UnreadNotifications Unread    `json:"unread_notifications"`
+}
+
+// Summary is the room summary (heroes and member counts).
+type Summary struct {
+	Heroes  []string `json:"m.heroes,omitempty"`
+	Joined  *int     `json:"m.joined_member_count,omitempty"`
+	Invited *int     `json:"m.invited_member_count,omitempty"`
+}
+
+// Unread are the notification counts (push rules are not evaluated yet).
+type Unread struct {
+	Highlight    int `json:"highlight_count"`
+	Notification int `json:"notification_count"`
+}
+
+// InvitedRoom is a room the user is invited to.
+type InvitedRoom struct {
+	InviteState EventList `json:"invite_state"`
+}
+
+// LeftRoom is a room the user left or was banned from.
+type LeftRoom struct {
+	State       EventList `json:"state"`
+	Timeline    Timeline  `json:"timeline"`
+	AccountData EventList `json:"account_data"`
+}
+
+// DeviceLists are the users whose devices changed.
+type DeviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
+}
+
+// Sync answers one /sync: at once if there is anything new (or this is an
+// initial or full-state sync), else when something is woken, or empty at
+// the timeout.
+func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
+	var since Token
+	if req.Since != "" {
+		t, err := ParseToken(req.Since)
+		if err != nil {
+			return nil, err
+		}
+		since = t
+	}
+	filter, err := s.resolveFilter(ctx, req.UserID, req.Filter)
+	if err != nil {
+		return nil, err
+	}
+	timeout := min(max(req.Timeout, 0), MaxTimeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		// The channel is taken before the read: a wake that lands after the
+		// read closes it, so it is never lost.
+		woken, release := s.notifier.Listen(req.UserID)
+		resp, empty, err := s.build(ctx, req, since, filter)
+		if err != nil || !empty || req.Since == "" || req.FullState {
+			release()
+			return resp, err
+		}
+		select {
+		case <-woken:
+			release()
+			continue
+		case <-deadline.C:
+			release()
+			return resp, nil
+		case <-ctx.Done():
+			release()
+			// The client went away (or the node is stopping): answer the
+			// empty sync so the position is not lost.
+			return resp, nil
+		}
+	}
+}
+
+// positions reads the current end of every stream.
+func (s *Service) positions(ctx context.Context) (Token, error) {
+	var t Token
+	var err error
+	if t.Timeline, err = s.store.TimelinePosition(ctx); err != nil {
+		return t, err
+	}
+	if s.accountData != nil {
+		if t.AccountData, err = s.accountData.AccountDataPosition(ctx); err != nil {
+			return t, err
+		}
+		if t.Ephemeral, err = s.accountData.EphemeralPosition(ctx); err != nil {
+			return t, err
+		}
+	}
+	if s.e2ee != nil {
+		if t.ToDevice, err = s.e2ee.ToDevicePosition(ctx); err != nil {
+			return t, err
+		}
+		if t.DeviceLists, err = s.e2ee.DeviceListPosition(ctx); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+// roomState is the user's membership history in one room, as of the sync's
+// end position.
+type roomState struct {
+	roomID          string
+	atFrom, atTo    string // membership at since / at the end
+	lastNID         int64  // nid of the latest member event
+	lastEventID     string
+	changedInWindow bool
+}
+
+// build assembles one response for (since, now]; empty tells whether there
+// was nothing new for an incremental sync.
+func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter) (*Response, bool, error) {
+	to, err := s.positions(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	// A token from the future (another database) is clamped rather than
+	// trusted: the client gets what exists.
+	since.Timeline = min(since.Timeline, to.Timeline)
+	initial := req.Since == ""
+	resp := &Response{
+		NextBatch:     to.String(),
+		Rooms:         Rooms{Join: map[string]*JoinedRoom{}, Invite: map[string]*InvitedRoom{}, Leave: map[string]*LeftRoom{}, Knock: map[string]any{}},
+		AccountData:   list(nil),
+		Presence:      list(nil),
+		ToDevice:      list(nil),
+		DeviceLists:   DeviceLists{Changed: []string{}, Left: []string{}},
+		OTKCounts:     map[string]int{},
+		FallbackTypes: []string{},
+	}
+	empty := true
+	viewer := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	rf := f.room()
+
+	mems, err := s.store.UserMemberships(ctx, req.UserID, to.Timeline)
+	if err != nil {
+		return nil, false, err
+	}
+	forgotten, err := s.store.ForgottenRooms(ctx, req.UserID)
+	if err != nil {
+		return nil, false, err
+	}
+	rooms := map[string]*roomState{}
+	var order []string
+	for _, m := range mems {
+		rs := rooms[m.RoomID]
+		if rs == nil {
+			rs = &roomState{roomID: m.RoomID}
+			rooms[m.RoomID] = rs
+			order = append(order, m.RoomID)
+		}
+		if m.NID <= since.Timeline {
+			rs.atFrom = m.Membership
+		} else {
+			rs.changedInWindow = true
+		}
+		rs.atTo, rs.lastNID, rs.lastEventID = m.Membership, m.NID, m.EventID
+	}
+
+	// Account data and ephemeral events per room come first, so rooms with
+	// only those still show up.
+	var roomAD, roomEph map[string][]json.RawMessage
+	var joinedIDs []string
+	for _, id := range order {
+		if rooms[id].atTo == "join" && !forgotten[id] && rf.allows(id) {
+			joinedIDs = append(joinedIDs, id)
+		}
+	}
+	if s.accountData != nil {
+		adFrom := since.AccountData
+		if initial {
+			adFrom = 0
+		}
+		global, perRoom, err := s.accountData.AccountDataSince(ctx, req.UserID, adFrom, to.AccountData)
+		if err != nil {
+			return nil, false, err
+		}
+		resp.AccountData = list(filterRaw(f.AccountData, global))
+		roomAD = perRoom
+		ephFrom := since.Ephemeral
+		if initial {
+			ephFrom = 0
+		}
+		if len(joinedIDs) > 0 {
+			if roomEph, err = s.accountData.EphemeralSince(ctx, req.UserID, joinedIDs, ephFrom, to.Ephemeral); err != nil {
+				return nil, false, err
+			}
+		}
+		if len(resp.AccountData.Events) > 0 {
+			empty = false
+		}
+	}
+
+	for _, id := range order {
+		rs := rooms[id]
+		if forgotten[id] || !rf.allows(id) {
+			continue
+		}
+		switch rs.atTo {
+		case "join":
+			full := initial || req.FullState || rs.atFrom != "join"
+			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, full, rf)
+			if err != nil {
+				return nil, false, err
+			}
+			jr.AccountData = list(filterRaw(&ref(rf.AccountData).EventFilter, roomAD[id]))
+			jr.Ephemeral = list(filterRaw(&ref(rf.Ephemeral).EventFilter, roomEph[id]))
+			if nonEmpty || len(jr.AccountData.Events) > 0 || len(jr.Ephemeral.Events) > 0 {
+				resp.Rooms.Join[id] = jr
+				empty = false
+			}
+		case "invite":
+			if !initial && !rs.changedInWindow && !req.FullState {
+				continue
+			}
+			ir, err := s.invitedRoom(ctx, id, rs.lastNID, rs.lastEventID)
+			if err != nil {
+				return nil, false, err
+			}
+			resp.Rooms.Invite[id] = ir
+			empty = false
+		case "leave", "ban":
+			// Initial syncs show left rooms only with include_leave;
+			// incremental ones show rooms left since the token.
+			if initial || req.FullState {
+				if !rf.IncludeLeave {
+					continue
+				}
+			} else if !rs.changedInWindow || rs.atFrom == "" {
+				continue
+			}
+			from := since.Timeline
+			if initial || req.FullState {
+				from = 0
+			}
+			lr, err := s.leftRoom(ctx, viewer, id, from, rs.lastNID, rf)
+			if err != nil {
+				return nil, false, err
+			}
+			resp.Rooms.Leave[id] = lr
+			empty = false
+		}
+	}
+
+	if s.e2ee != nil {
+		tdFrom := since.ToDevice
+		if initial {
+			tdFrom = 0
+		}
+		td, err := s.e2ee.ToDeviceSince(ctx, req.UserID, req.DeviceID, tdFrom, to.ToDevice, maxToDevice)
+		if err != nil {
+			return nil, false, err
+		}
+		resp.ToDevice = list(td)
+		if len(td) > 0 {
+			empty = false
+		}
+		if !initial {
+			changed, left, err := s.e2ee.DeviceListChanges(ctx, req.UserID, since.DeviceLists, to.DeviceLists)
+			if err != nil {
+				return nil, false, err
+			}
+			if len(changed) > 0 || len(left) > 0 {
+				empty = false
+			}
+			if changed != nil {
+				resp.DeviceLists.Changed = changed
+			}
+			if left != nil {
+				resp.DeviceLists.Left = left
+			}
+		}
+		otk, fallback, err := s.e2ee.KeyCounts(ctx, req.UserID, req.DeviceID)
+		if err != nil {
+			return nil, false, err
+		}
+		if otk != nil {
+			resp.OTKCounts = otk
+		}
+		if fallback != nil {
+			resp.FallbackTypes = fallback
+		}
+	}
+	return resp, empty, nil
+}
+
+// timeline loads the visible events of a room in (from, upTo], the last
+// limit of them, and tells whether older ones were left out.
+func (s *Service) timeline(ctx context.Context, h *history, roomID string, from, upTo int64, tf *RoomEventFilter) ([]storage.Event, bool, error) {
+	limit := tf.limit(defaultTimelineLimit, maxTimelineLimit)
+	if limit == 0 {
+		return nil, true, nil
+	}
+	evs, err := s.store.RoomEvents(ctx, roomID, storage.EventQuery{
+		After: from, UpTo: upTo, Limit: limit + 1, Backward: true, Filter: tf.storeFilter(),
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	// Oldest first.
+	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+		evs[i], evs[j] = evs[j], evs[i]
+	}
+	return h.filter(evs), limited, nil
+}
+
+// joinedRoom builds a joined room's section. full: the whole state at the
+// start of the timeline (initial sync, full_state, newly joined); else the
+// state changes since from that the timeline does not show.
+func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, full bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
+	jr := &JoinedRoom{State: list(nil), Timeline: Timeline{Events: []json.RawMessage{}}}
+	h, err := s.history(ctx, roomID, v.UserID, to)
+	if err != nil {
+		return nil, false, err
+	}
+	tf, sf := ref(rf.Timeline), ref(rf.State)
+	tlFrom := from
+	if full {
+		tlFrom = 0
+	}
+	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf)
+	if err != nil {
+		return nil, false, err
+	}
+	start := to // the position just before the timeline
+	if len(evs) > 0 {
+		start = evs[0].NID - 1
+	} else if !full {
+		start = from
+	}
+	jr.Timeline.Limited = limited
+	jr.Timeline.PrevBatch = pageToken(start)
+
+	var state []storage.Event
+	if full || limited || sf.LazyLoadMembers {
+		atStart, err := s.store.StateAt(ctx, roomID, start)
+		if err != nil {
+			return nil, false, err
+		}
+		switch {
+		case full:
+			state = atStart
+		case limited:
+			atFrom, err := s.store.StateAt(ctx, roomID, from)
+			if err != nil {
+				return nil, false, err
+			}
+			seen := make(map[string]bool, len(atFrom))
+			for _, ev := range atFrom {
+				seen[ev.EventID] = true
+			}
+			for _, ev := range atStart {
+				if !seen[ev.EventID] {
+					state = append(state, ev)
+				}
+			}
+		}
+		if sf.LazyLoadMembers {
+			state = lazyMembers(state, atStart, evs, v.UserID, full)
+		}
+	}
+	state = filterState(state, sf)
+	if jr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
+		return nil, false, err
+	}
+	if jr.Timeline.Events, err = s.clientEvents(ctx, evs, v, false); err != nil {
+		return nil, false, err
+	}
+	nonEmpty := full || len(evs) > 0 || len(state) > 0
+	if full || hasMember(evs) || hasMember(state) {
+		if err := s.summary(ctx, roomID, v.UserID, to, &jr.Summary); err != nil {
+			return nil, false, err
+		}
+	}
+	return jr, nonEmpty, nil
+}
+
+// lazyMembers keeps only the member events of the timeline's senders (and,
+// in a full sync, the user's own) and adds the ones the state lacks (spec:
+// "Lazy-loading room members").
+func lazyMembers(state, atStart, timeline []storage.Event, userID string, full bool) []storage.Event {
+	want := map[string]bool{}
+	for _, ev := range timeline {
+		want[ev.Sender] = true
+	}
+	if full {
+		want[userID] = true
+	}
+	inTimeline := map[string]bool{}
+	for _, ev := range timeline {
+		inTimeline[ev.EventID] = true
+	}
+	out := state[:0:0]
+	have := map[string]bool{}
+	for _, ev := range state {
+		if ev.Type == "m.room.member" {
+			if ev.StateKey == nil || !want[*ev.StateKey] {
+				continue
+			}
+			have[*ev.StateKey] = true
+		}
+		out = append(out, ev)
+	}
+	for _, ev := range atStart {
+		if ev.Type == "m.room.member" && ev.StateKey != nil && want[*ev.StateKey] && !have[*ev.StateKey] && !inTimeline[ev.EventID] {
+			out = append(out, ev)
+			have[*ev.StateKey] = true
+		}
+	}
+	return out
+}
+
+func filterState(evs []storage.Event, f *RoomEventFilter) []storage.Event {
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if f.matches(ev.Type, ev.Sender) {
+			out = append(out, ev)
+		}
+	}
+	if f.Limit != nil && len(out) > *f.Limit {
+		out = out[:*f.Limit]
+	}
+	return out
+}
+
+func hasMember(evs []storage.Event) bool {
+	for _, ev := range evs {
+		if ev.Type == "m.room.member" {
+			return true
+		}
+	}
+	return false
+}
+
+// summary fills the room summary from the state at pos.
+func (s *Service) summary(ctx context.Context, roomID, userID string, pos int64, sum *Summary) error {
+	state, err := s.store.StateAt(ctx, roomID, pos)
+	if err != nil {
+		return err
+	}
+	joined, invited := 0, 0
+	var heroes []string
+	for _, ev := range state {
+		switch ev.Type {
+		case "m.room.member":
+			m := membershipOf(ev)
+			if m == "join" {
+				joined++
+			} else if m == "invite" {
+				invited++
+			}
+			if (m == "join" || m == "invite") && *ev.StateKey != userID && len(heroes) < 5 {
+				heroes = append(heroes, *ev.StateKey)
+			}
+		}
+	}
+	sort.Strings(heroes)
+	sum.Heroes, sum.Joined, sum.Invited = heroes, &joined, &invited
+	return nil
+}
+
+// invitedRoom builds the stripped state of an invite (spec: "Stripped
+// state"): the room's identifying state and the invite itself.
+func (s *Service) invitedRoom(ctx context.Context, roomID string, inviteNID int64, inviteID string) (*InvitedRoom, error) {
+	state, err := s.store.StateAt(ctx, roomID, inviteNID)
+	if err != nil {
+		return nil, err
+	}
+	var out []json.RawMessage
+	for _, ev := range state {
+		switch ev.Type {
+		case "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+			"m.room.canonical_alias", "m.room.encryption", "m.room.topic":
+			out = append(out, stripped(ev))
+		}
+	}
+	// The invite itself; it may be an outlier received over federation,
+	// which the state does not hold.
+	invite, err := s.store.EventByID(ctx, inviteID)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, stripped(invite))
+	return &InvitedRoom{InviteState: list(out)}, nil
+}
+
+// leftRoom builds the section of a room the user left: the timeline up to
+// the leave, and the state at its start.
+func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, leaveNID int64, rf *RoomFilter) (*LeftRoom, error) {
+	lr := &LeftRoom{State: list(nil), Timeline: Timeline{Events: []json.RawMessage{}}, AccountData: list(nil)}
+	h, err := s.history(ctx, roomID, v.UserID, leaveNID)
+	if err != nil {
+		return nil, err
+	}
+	evs, limited, err := s.timeline(ctx, h, roomID, from, leaveNID, ref(rf.Timeline))
+	if err != nil {
+		return nil, err
+	}
+	start := leaveNID
+	if len(evs) > 0 {
+		start = evs[0].NID - 1
+	}
+	lr.Timeline.Limited, lr.Timeline.PrevBatch = limited, pageToken(start)
+	state, err := s.store.StateAt(ctx, roomID, start)
+	if err != nil {
+		return nil, err
+	}
+	state = filterState(state, ref(rf.State))
+	if lr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
+		return nil, err
+	}
+	if lr.Timeline.Events, err = s.clientEvents(ctx, evs, v, false); err != nil {
+		return nil, err
+	}
+	return lr, nil
 }

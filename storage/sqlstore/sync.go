@@ -1,3 +1,245 @@
 package sqlstore
 
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/trustcase/node/storage"
+)
+
 type syncStore struct{ db *DB }
+
+var _ storage.SyncStore = (*syncStore)(nil)
+
+func (s *syncStore) TimelinePosition(ctx context.Context) (int64, error) {
+	var pos sql.NullInt64
+	if err := s.db.R.QueryRowContext(ctx, `SELECT MAX(event_nid) FROM events`).Scan(&pos); err != nil {
+		return 0, err
+	}
+	return pos.Int64, nil
+}
+
+func (s *syncStore) UserMemberships(ctx context.Context, userID string, upTo int64) ([]storage.Membership, error) {
+	// The membership is read from the skeleton: every room version's
+	// redaction algorithm keeps content.membership.
+	rows, err := s.db.R.QueryContext(ctx, `SELECT room_id, event_nid, event_id, skeleton_json, outlier FROM events
+		WHERE state_key = $1 AND type = 'm.room.member' AND event_nid <= $2 AND NOT rejected
+		ORDER BY event_nid`, userID, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []storage.Membership
+	for rows.Next() {
+		var m storage.Membership
+		var skel string
+		var outlier bool
+		if err := rows.Scan(&m.RoomID, &m.NID, &m.EventID, &skel, &outlier); err != nil {
+			return nil, err
+		}
+		m.Membership = gjson.Get(skel, "content.membership").String()
+		// An invite over federation to a room the node is not in arrives
+		// as an outlier; other outliers are not the user's membership.
+		if outlier && m.Membership != "invite" {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+func (s *syncStore) ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT room_id FROM forgotten_rooms WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
+func (s *syncStore) RoomEvents(ctx context.Context, roomID string, q storage.EventQuery) ([]storage.Event, error) {
+	var w strings.Builder
+	args := []any{roomID, q.After}
+	w.WriteString("WHERE e.room_id = $1 AND e.event_nid > $2 AND NOT e.outlier AND NOT e.rejected")
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if q.UpTo > 0 {
+		w.WriteString(" AND e.event_nid <= " + arg(q.UpTo))
+	}
+	match := func(col string, values []string, set, not bool) {
+		if !set && len(values) == 0 {
+			return
+		}
+		if len(values) == 0 {
+			if !not {
+				w.WriteString(" AND 1 = 0")
+			}
+			return
+		}
+		conds := make([]string, len(values))
+		for i, v := range values {
+			if col == "e.type" && strings.HasSuffix(v, "*") {
+				conds[i] = col + " LIKE " + arg(likePrefix(strings.TrimSuffix(v, "*"))) + ` ESCAPE '\'`
+			} else {
+				conds[i] = col + " = " + arg(v)
+			}
+		}
+		if not {
+			w.WriteString(" AND NOT (" + strings.Join(conds, " OR ") + ")")
+		} else {
+			w.WriteString(" AND (" + strings.Join(conds, " OR ") + ")")
+		}
+	}
+	f := q.Filter
+	match("e.type", f.Types, f.TypesSet, false)
+	match("e.type", f.NotTypes, false, true)
+	match("e.sender", f.Senders, f.SendersSet, false)
+	match("e.sender", f.NotSenders, false, true)
+	if q.Backward {
+		w.WriteString(" ORDER BY e.event_nid DESC")
+	} else {
+		w.WriteString(" ORDER BY e.event_nid ASC")
+	}
+	if q.Limit > 0 {
+		w.WriteString(" LIMIT " + strconv.Itoa(q.Limit))
+	}
+	return loadEvents(ctx, s.db.R, w.String(), args...)
+}
+
+// likePrefix escapes a LIKE prefix pattern (escape character '\').
+func likePrefix(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(p) + "%"
+}
+
+func (s *syncStore) StateAt(ctx context.Context, roomID string, pos int64) ([]storage.Event, error) {
+	var (
+		nid, snapshot   int64
+		stateKey        sql.NullString
+		rejected        bool
+		snapshotNIDsRaw sql.NullString
+	)
+	err := s.db.R.QueryRowContext(ctx, `SELECT event_nid, state_before, state_key, rejected FROM events
+		WHERE room_id = $1 AND event_nid <= $2 AND NOT outlier
+		ORDER BY event_nid DESC LIMIT 1`, roomID, pos).Scan(&nid, &snapshot, &stateKey, &rejected)
+	if err == sql.ErrNoRows {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	err = s.db.R.QueryRowContext(ctx, `SELECT event_nids FROM state_snapshots WHERE snapshot_nid = $1`, snapshot).Scan(&snapshotNIDsRaw)
+	if err != nil && err != sql.ErrNoRows {
+		return nil, err
+	}
+	var nids []int64
+	if snapshotNIDsRaw.Valid && snapshotNIDsRaw.String != "" {
+		if err := json.Unmarshal([]byte(snapshotNIDsRaw.String), &nids); err != nil {
+			return nil, fmt.Errorf("state snapshot %d: %w", snapshot, err)
+		}
+	}
+	if stateKey.Valid && !rejected {
+		nids = append(nids, nid)
+	}
+	evs, err := loadEventsByNIDs(ctx, s.db.R, nids)
+	if err != nil {
+		return nil, err
+	}
+	// The event itself replaces what it overrides in the state before it.
+	type key struct{ typ, sk string }
+	latest := make(map[key]storage.Event, len(evs))
+	for _, ev := range evs {
+		if ev.StateKey == nil {
+			continue
+		}
+		k := key{ev.Type, *ev.StateKey}
+		if old, ok := latest[k]; !ok || old.NID < ev.NID {
+			latest[k] = ev
+		}
+	}
+	out := make([]storage.Event, 0, len(latest))
+	for _, ev := range latest {
+		out = append(out, ev)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NID < out[j].NID })
+	return out, nil
+}
+
+func (s *syncStore) CurrentState(ctx context.Context, roomID string) ([]storage.Event, error) {
+	return loadEvents(ctx, s.db.R, `WHERE e.event_nid IN (SELECT event_nid FROM current_state WHERE room_id = $1)
+		ORDER BY e.event_nid`, roomID)
+}
+
+func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Event, error) {
+	return loadEventByID(ctx, s.db.R, eventID)
+}
+
+func (s *syncStore) VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]storage.StateChange, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
+		WHERE room_id = $1 AND event_nid <= $3 AND NOT outlier AND NOT rejected
+			AND ((type = 'm.room.history_visibility' AND state_key = '')
+				OR (type = 'm.room.member' AND state_key = $2))
+		ORDER BY event_nid`, roomID, userID, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []storage.StateChange
+	for rows.Next() {
+		var c storage.StateChange
+		var skel string
+		if err := rows.Scan(&c.NID, &c.EventID, &c.Type, &c.StateKey, &skel); err != nil {
+			return nil, err
+		}
+		if c.Type == "m.room.member" {
+			c.Value = gjson.Get(skel, "content.membership").String()
+		} else {
+			c.Value = gjson.Get(skel, "content.history_visibility").String()
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func (s *syncStore) StoreFilter(ctx context.Context, userID string, filter []byte) (string, error) {
+	var nid int64
+	err := s.db.Write(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `INSERT INTO sync_filters (user_id, filter_json) VALUES ($1, $2)
+			RETURNING filter_nid`, userID, string(filter)).Scan(&nid)
+	})
+	if err != nil {
+		return "", err
+	}
+	return strconv.FormatInt(nid, 10), nil
+}
+
+func (s *syncStore) Filter(ctx context.Context, userID, filterID string) ([]byte, error) {
+	nid, err := strconv.ParseInt(filterID, 10, 64)
+	if err != nil || nid <= 0 {
+		return nil, storage.ErrNotFound
+	}
+	var f string
+	err = s.db.R.QueryRowContext(ctx, `SELECT filter_json FROM sync_filters WHERE filter_nid = $1 AND user_id = $2`,
+		nid, userID).Scan(&f)
+	if err != nil {
+		return nil, s.db.mapErr(err)
+	}
+	return []byte(f), nil
+}
