@@ -35,6 +35,8 @@ type API struct {
 	KeyRing gomatrixserverlib.JSONVerifier
 	// Queue, when set, is told that a peer which called us is up.
 	Queue *Queue
+	// Client fetches other servers' keys for the notary endpoints.
+	Client gomatrixserverlib.KeyClient
 	// Rooms receives PDUs; nil means every room is unknown.
 	Rooms RoomInbox
 	// ToDevice receives m.direct_to_device EDUs; nil drops them.
@@ -62,6 +64,8 @@ func (a *API) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "TrustCase", "version": a.Version}})
 	}).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v1/send/{txnId}", a.authed(a.send)).Methods(http.MethodPut)
+	r.HandleFunc("/_matrix/key/v2/query", a.notaryPost).Methods(http.MethodPost)
+	r.HandleFunc("/_matrix/key/v2/query/{serverName}", a.notaryGet).Methods(http.MethodGet)
 	return r
 }
 
@@ -73,19 +77,7 @@ func pathVar(r *http.Request, name string) (string, error) {
 // serverKeys answers with our verify key, signed by itself.
 // spec: server-server API, "Publishing Keys".
 func (a *API) serverKeys(w http.ResponseWriter, _ *http.Request) {
-	keys := gomatrixserverlib.ServerKeyFields{
-		ServerName:    a.Key.ServerName,
-		VerifyKeys:    map[gomatrixserverlib.KeyID]gomatrixserverlib.VerifyKey{a.Key.KeyID: {Key: spec.Base64Bytes(a.Key.Public())}},
-		ValidUntilTS:  spec.AsTimestamp(time.Now().Add(keyValidity)),
-		OldVerifyKeys: map[gomatrixserverlib.KeyID]gomatrixserverlib.OldVerifyKey{},
-	}
-	unsigned, err := json.Marshal(keys)
-	if err != nil {
-		a.Log.WithError(err).Error("encoding server keys")
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"errcode": "M_UNKNOWN", "error": "internal server error"})
-		return
-	}
-	signed, err := gomatrixserverlib.SignJSON(string(a.Key.ServerName), a.Key.KeyID, a.Key.Private, unsigned)
+	signed, err := a.ownKeys()
 	if err != nil {
 		a.Log.WithError(err).Error("signing server keys")
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"errcode": "M_UNKNOWN", "error": "internal server error"})
@@ -94,6 +86,21 @@ func (a *API) serverKeys(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(signed)
+}
+
+// ownKeys is our key response, signed by our key.
+func (a *API) ownKeys() ([]byte, error) {
+	keys := gomatrixserverlib.ServerKeyFields{
+		ServerName:    a.Key.ServerName,
+		VerifyKeys:    map[gomatrixserverlib.KeyID]gomatrixserverlib.VerifyKey{a.Key.KeyID: {Key: spec.Base64Bytes(a.Key.Public())}},
+		ValidUntilTS:  spec.AsTimestamp(time.Now().Add(keyValidity)),
+		OldVerifyKeys: map[gomatrixserverlib.KeyID]gomatrixserverlib.OldVerifyKey{},
+	}
+	unsigned, err := json.Marshal(keys)
+	if err != nil {
+		return nil, err
+	}
+	return gomatrixserverlib.SignJSON(string(a.Key.ServerName), a.Key.KeyID, a.Key.Private, unsigned)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

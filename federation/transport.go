@@ -33,5 +33,5 @@ func NewTransport(cfg config.FederationConfig, key signing.Key, store storage.Fe
 
 // API returns the federation listener's HTTP side over this transport.
 func (t *Transport) API(key signing.Key, version string, store storage.FederationStore, log logrus.FieldLogger) *API {
-	return &API{Key: key, Version: version, Log: log, Store: store, KeyRing: t.KeyRing, Queue: t.Queue}
+	return &API{Key: key, Version: version, Log: log, Store: store, KeyRing: t.KeyRing, Queue: t.Queue, Client: t.Client}
 }
