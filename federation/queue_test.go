@@ -314,3 +314,29 @@ func TestTxnIDIsStableForTheSameBatchOnly(t *testing.T) {
 		t.Fatal("same positions with other content (a wiped database) reuse a txn id")
 	}
 }
+
+func TestTransportStartForgetsOldInboundTransactions(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		ca := fedtest.NewCA(t)
+		a := newNodes(t, ca, open, "a.test")[0]
+		fs := a.store.Federation()
+		old := time.Now().Add(-InboundTxnRetention - time.Minute).UnixMilli()
+		if err := fs.StoreInboundTxn(t.Context(), "b.test", "old", []byte(`{}`), old); err != nil {
+			t.Fatal(err)
+		}
+		if err := fs.StoreInboundTxn(t.Context(), "b.test", "new", []byte(`{}`), time.Now().UnixMilli()); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := a.tr.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); a.tr.Wait() })
+		if _, err := fs.InboundTxn(t.Context(), "b.test", "old"); err == nil {
+			t.Error("an answer older than the retention survived Start")
+		}
+		if _, err := fs.InboundTxn(t.Context(), "b.test", "new"); err != nil {
+			t.Errorf("a recent answer was pruned: %v", err)
+		}
+	})
+}

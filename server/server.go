@@ -139,8 +139,8 @@ func (n *Node) Run(ctx context.Context) error {
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	queueCtx, stopQueue := context.WithCancel(ctx)
-	defer func() { stopQueue(); n.Federation.Queue.Wait() }()
-	if err := n.Federation.Queue.Start(queueCtx); err != nil {
+	defer func() { stopQueue(); n.Federation.Wait() }()
+	if err := n.Federation.Start(queueCtx); err != nil {
 		clientLn.Close()
 		fedLn.Close()
 		return fmt.Errorf("federation queue: %w", err)

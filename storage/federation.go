@@ -17,6 +17,9 @@ type FederationStore interface {
 	InboundTxn(ctx context.Context, origin, txnID string) ([]byte, error)
 	// StoreInboundTxn records the response; ErrConflict if one is stored.
 	StoreInboundTxn(ctx context.Context, origin, txnID string, response []byte, nowMS int64) error
+	// PruneInboundTxns forgets responses received before beforeMS and says
+	// how many it removed.
+	PruneInboundTxns(ctx context.Context, beforeMS int64) (int64, error)
 
 	// Enqueue appends one item for every destination, in one transaction.
 	Enqueue(ctx context.Context, destinations []string, item QueueItem, nowMS int64) error

@@ -74,6 +74,19 @@ func (s *federationStore) StoreInboundTxn(ctx context.Context, origin, txnID str
 	})
 }
 
+func (s *federationStore) PruneInboundTxns(ctx context.Context, beforeMS int64) (int64, error) {
+	var n int64
+	err := s.db.Write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM federation_inbound_txns WHERE received_ts < $1`, beforeMS)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
+}
+
 func (s *federationStore) Enqueue(ctx context.Context, destinations []string, item storage.QueueItem, nowMS int64) error {
 	if item.Kind != storage.QueuePDU && item.Kind != storage.QueueEDU {
 		return fmt.Errorf("federation queue: unknown kind %q", item.Kind)

@@ -89,6 +89,17 @@ func testFederationStore(t *testing.T, open Opener) {
 		if string(resp) != `{"b":1}` {
 			t.Fatalf("b's response = %q", resp)
 		}
+		// Pruning forgets what was received before the cut-off only.
+		n, err := fs.PruneInboundTxns(ctx, 3)
+		if err != nil || n != 1 {
+			t.Fatalf("prune removed %d, %v; want 1", n, err)
+		}
+		if _, err := fs.InboundTxn(ctx, "a.test", "t1"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("pruned txn still there: %v", err)
+		}
+		if _, err := fs.InboundTxn(ctx, "b.test", "t1"); err != nil {
+			t.Fatalf("txn at the cut-off was pruned: %v", err)
+		}
 	})
 
 	t.Run("queue keeps per-destination order, batches by kind and forgets acked items", func(t *testing.T) {
