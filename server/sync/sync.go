@@ -306,8 +306,10 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		}
 		switch rs.atTo {
 		case "join":
-			full := initial || req.FullState || rs.atFrom != "join"
-			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, full, rf)
+			// A room the user joined since the token is sent like in an
+			// initial sync.
+			fresh := initial || rs.atFrom != "join"
+			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, req.FullState, rf)
 			if err != nil {
 				return nil, false, err
 			}
@@ -416,10 +418,13 @@ func (s *Service) timeline(ctx context.Context, h *history, roomID string, from,
 	return h.filter(evs), limited, nil
 }
 
-// joinedRoom builds a joined room's section. full: the whole state at the
-// start of the timeline (initial sync, full_state, newly joined); else the
-// state changes since from that the timeline does not show.
-func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, full bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
+// joinedRoom builds a joined room's section. fresh: the room is new to the
+// client (initial sync, newly joined), so its timeline is the latest events
+// rather than those since from. The state is the whole state at the start of
+// the timeline when fresh or fullState, else the changes since from that the
+// timeline does not show.
+func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, fullState bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
+	full := fresh || fullState
 	jr := &JoinedRoom{State: list(nil), Timeline: Timeline{Events: []json.RawMessage{}}}
 	h, err := s.history(ctx, roomID, v.UserID, to)
 	if err != nil {
@@ -427,7 +432,7 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	}
 	tf, sf := ref(rf.Timeline), ref(rf.State)
 	tlFrom := from
-	if full {
+	if fresh {
 		tlFrom = 0
 	}
 	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf)
@@ -437,8 +442,6 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	start := to // the position just before the timeline
 	if len(evs) > 0 {
 		start = evs[0].NID - 1
-	} else if !full {
-		start = from
 	}
 	jr.Timeline.Limited = limited
 	jr.Timeline.PrevBatch = pageToken(start)

@@ -1,0 +1,373 @@
+package sqlstore_test
+
+// End-to-end checks of server/sync on top of the real store: the room
+// tables are seeded with plain SQL (server/rooms writes them in
+// production), then /sync, /messages and friends are asked through the
+// service, on SQLite and PostgreSQL.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
+
+	"github.com/trustcase/node/server/mxerr"
+	"github.com/trustcase/node/server/sync"
+	"github.com/trustcase/node/storage/sqlite"
+	"github.com/trustcase/node/storage/sqlstore"
+)
+
+func quietLog() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}
+
+func doSync(t *testing.T, svc *sync.Service, req sync.Request) gjson.Result {
+	t.Helper()
+	resp, err := svc.Sync(t.Context(), req)
+	if err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	raw, _ := json.Marshal(resp)
+	return gjson.ParseBytes(raw)
+}
+
+func bodies(evs gjson.Result) []string {
+	var out []string
+	for _, ev := range evs.Array() {
+		if b := ev.Get("content.body"); b.Exists() {
+			out = append(out, b.String())
+		}
+	}
+	return out
+}
+
+func wantStatus(t *testing.T, err error, status int, code string) {
+	t.Helper()
+	var mx *mxerr.Error
+	if !errors.As(err, &mx) || mx.Status != status || mx.Code != code {
+		t.Fatalf("err = %v, want %d %s", err, status, code)
+	}
+}
+
+func TestSyncService(t *testing.T) {
+	backends(t, func(t *testing.T, db *sqlstore.DB) {
+		ctx := t.Context()
+		notifier := sync.NewNotifier()
+		svc := sync.New(db.Sync(), notifier, nil, nil, quietLog())
+		alice := sync.Request{UserID: "@alice:x", DeviceID: "ALICE"}
+		r := newSeedRoom(t, db, "!room:x")
+		r.stateEv("m.room.create", "", "@alice:x", `{"room_version":"11"}`)
+		r.member("@alice:x", "join")
+		r.stateEv("m.room.history_visibility", "", "@alice:x", `{"history_visibility":"joined"}`)
+		r.stateEv("m.room.name", "", "@alice:x", `{"name":"Crisis"}`)
+		for i := 1; i <= 5; i++ {
+			r.msg("@alice:x", fmt.Sprintf("m%d", i))
+		}
+
+		t.Run("initial sync has the room with state, a limited timeline and a usable prev_batch", func(t *testing.T) {
+			a := alice
+			a.Filter = `{"room":{"timeline":{"limit":3}}}`
+			res := doSync(t, svc, a)
+			room := res.Get(`rooms.join.!room:x`)
+			if got := bodies(room.Get("timeline.events")); fmt.Sprint(got) != "[m3 m4 m5]" {
+				t.Fatalf("timeline = %v", got)
+			}
+			if !room.Get("timeline.limited").Bool() || room.Get("timeline.prev_batch").String() == "" {
+				t.Fatalf("timeline not limited or no prev_batch: %s", room.Get("timeline").Raw)
+			}
+			if room.Get("timeline.events.0.room_id").Exists() {
+				t.Error("room_id inside /sync events")
+			}
+			types := room.Get("state.events.#.type").String()
+			for _, typ := range []string{"m.room.create", "m.room.member", "m.room.name", "m.room.history_visibility"} {
+				if !strings.Contains(types, typ) {
+					t.Errorf("state lacks %s: %s", typ, types)
+				}
+			}
+			if room.Get("summary.m\\.joined_member_count").Int() != 1 {
+				t.Errorf("summary = %s", room.Get("summary").Raw)
+			}
+			for _, key := range []string{"account_data.events", "to_device.events", "presence.events", "device_lists.changed",
+				"device_one_time_keys_count", "device_unused_fallback_key_types", "rooms.invite", "rooms.leave",
+				`rooms.join.!room:x.ephemeral.events`, `rooms.join.!room:x.unread_notifications.notification_count`} {
+				if !res.Get(strings.ReplaceAll(key, "m.", "m\\.")).Exists() {
+					t.Errorf("%s missing from the response", key)
+				}
+			}
+			// The prev_batch pages back exactly to what the timeline left out.
+			msgs, err := svc.Messages(ctx, sync.Viewer{UserID: "@alice:x"}, sync.MessagesRequest{
+				RoomID: "!room:x", From: room.Get("timeline.prev_batch").String(), Backward: true, Limit: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(msgs.Chunk)
+			if got := bodies(gjson.ParseBytes(raw)); fmt.Sprint(got) != "[m2 m1]" {
+				t.Fatalf("messages before the timeline = %v", got)
+			}
+		})
+
+		t.Run("incremental sync returns only the new events, with the transaction id for the sending device only", func(t *testing.T) {
+			tok := doSync(t, svc, alice).Get("next_batch").String()
+			r.add("m.room.message", "@alice:x", `{"msgtype":"m.text","body":"new"}`, seedOpt{txnDevice: "ALICE", txnID: "txn-1"})
+			a := alice
+			a.Since = tok
+			res := doSync(t, svc, a)
+			tl := res.Get(`rooms.join.!room:x.timeline`)
+			if got := bodies(tl.Get("events")); fmt.Sprint(got) != "[new]" || tl.Get("limited").Bool() {
+				t.Fatalf("incremental timeline = %s", tl.Raw)
+			}
+			if tl.Get("events.0.unsigned.transaction_id").String() != "txn-1" {
+				t.Errorf("sending device did not get its transaction id: %s", tl.Get("events.0").Raw)
+			}
+			other := a
+			other.DeviceID = "OTHER"
+			res = doSync(t, svc, other)
+			if res.Get(`rooms.join.!room:x.timeline.events.0.unsigned.transaction_id`).Exists() {
+				t.Error("another device saw the transaction id")
+			}
+			if res.Get(`rooms.join.!room:x.state.events.#`).Int() != 0 {
+				t.Errorf("unlimited incremental sync repeated state: %s", res.Get(`rooms.join.!room:x.state`).Raw)
+			}
+		})
+
+		t.Run("an incremental sync with nothing new waits for the timeout and returns empty", func(t *testing.T) {
+			a := alice
+			a.Since = doSync(t, svc, alice).Get("next_batch").String()
+			a.Timeout = 50 * time.Millisecond
+			res := doSync(t, svc, a)
+			if res.Get("rooms.join.@this").Map() != nil && len(res.Get("rooms.join").Map()) != 0 {
+				t.Fatalf("empty sync has rooms: %s", res.Get("rooms.join").Raw)
+			}
+			if res.Get("next_batch").String() != a.Since {
+				t.Errorf("next_batch moved without news: %s -> %s", a.Since, res.Get("next_batch"))
+			}
+		})
+
+		t.Run("a long-poll is woken by a wake after a new event", func(t *testing.T) {
+			a := alice
+			a.Since = doSync(t, svc, alice).Get("next_batch").String()
+			a.Timeout = time.Minute
+			done := make(chan gjson.Result, 1)
+			go func() {
+				resp, err := svc.Sync(ctx, a)
+				if err != nil {
+					t.Error(err)
+				}
+				raw, _ := json.Marshal(resp)
+				done <- gjson.ParseBytes(raw)
+			}()
+			r.msg("@alice:x", "wake up")
+			notifier.Wake("@alice:x")
+			select {
+			case res := <-done:
+				if got := bodies(res.Get(`rooms.join.!room:x.timeline.events`)); fmt.Sprint(got) != "[wake up]" {
+					t.Fatalf("woken sync timeline = %v", got)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the long-poll was not woken")
+			}
+		})
+
+		t.Run("a full_state incremental sync returns all state", func(t *testing.T) {
+			a := alice
+			a.Since = doSync(t, svc, alice).Get("next_batch").String()
+			a.FullState = true
+			res := doSync(t, svc, a)
+			if n := res.Get(`rooms.join.!room:x.state.events.#`).Int(); n != 4 {
+				t.Fatalf("full_state gave %d state events, want 4", n)
+			}
+		})
+
+		t.Run("garbage since token is 400 M_INVALID_PARAM", func(t *testing.T) {
+			a := alice
+			a.Since = "not-a-token"
+			_, err := svc.Sync(ctx, a)
+			wantStatus(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
+		})
+
+		t.Run("a late joiner sees history only from the join (joined visibility), a non-member none", func(t *testing.T) {
+			tok := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C"}).Get("next_batch").String()
+			r.member("@carol:x", "join")
+			r.msg("@carol:x", "carol here")
+			res := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C", Since: tok})
+			room := res.Get(`rooms.join.!room:x`)
+			if got := bodies(room.Get("timeline.events")); fmt.Sprint(got) != "[carol here]" {
+				t.Fatalf("newly joined room timeline = %v", got)
+			}
+			if room.Get("state.events.#").Int() < 4 {
+				t.Errorf("newly joined room came without its state: %s", room.Get("state").Raw)
+			}
+			msgs, err := svc.Messages(ctx, sync.Viewer{UserID: "@carol:x"}, sync.MessagesRequest{RoomID: "!room:x", Backward: true, Limit: 50})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(msgs.Chunk)
+			if got := bodies(gjson.ParseBytes(raw)); fmt.Sprint(got) != "[carol here]" {
+				t.Fatalf("carol's /messages = %v", got)
+			}
+			_, err = svc.Messages(ctx, sync.Viewer{UserID: "@mallory:x"}, sync.MessagesRequest{RoomID: "!room:x", Backward: true})
+			wantStatus(t, err, http.StatusForbidden, "M_FORBIDDEN")
+			_, err = svc.State(ctx, sync.Viewer{UserID: "@mallory:x"}, "!room:x")
+			wantStatus(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		})
+
+		t.Run("backward and forward pagination have no gaps or repeats", func(t *testing.T) {
+			v := sync.Viewer{UserID: "@alice:x"}
+			var back []string
+			from := ""
+			for i := 0; i < 50; i++ {
+				page, err := svc.Messages(ctx, v, sync.MessagesRequest{RoomID: "!room:x", From: from, Backward: true, Limit: 3,
+					Filter: `{"types":["m.room.message"]}`})
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw, _ := json.Marshal(page.Chunk)
+				back = append(back, bodies(gjson.ParseBytes(raw))...)
+				if page.End == "" {
+					break
+				}
+				from = page.End
+			}
+			want := "[carol here wake up new m5 m4 m3 m2 m1]"
+			if fmt.Sprint(back) != want {
+				t.Fatalf("backward = %v\nwant %v", back, want)
+			}
+			var fwd []string
+			from = ""
+			for i := 0; i < 50; i++ {
+				page, err := svc.Messages(ctx, v, sync.MessagesRequest{RoomID: "!room:x", From: from, Limit: 4,
+					Filter: `{"types":["m.room.message"]}`})
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw, _ := json.Marshal(page.Chunk)
+				fwd = append(fwd, bodies(gjson.ParseBytes(raw))...)
+				if page.End == "" {
+					break
+				}
+				from = page.End
+			}
+			if fmt.Sprint(fwd) != "[m1 m2 m3 m4 m5 new wake up carol here]" {
+				t.Fatalf("forward = %v", fwd)
+			}
+			_, err := svc.Messages(ctx, v, sync.MessagesRequest{RoomID: "!room:x", From: "bogus", Backward: true})
+			wantStatus(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
+		})
+
+		t.Run("a user who left sees the room in leave, history up to the leave, and never after forgetting", func(t *testing.T) {
+			tok := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C"}).Get("next_batch").String()
+			r.member("@carol:x", "leave")
+			r.msg("@alice:x", "after carol left")
+			res := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C", Since: tok})
+			left := res.Get(`rooms.leave.!room:x`)
+			if !left.Exists() || res.Get(`rooms.join.!room:x`).Exists() {
+				t.Fatalf("rooms = %s", res.Get("rooms").Raw)
+			}
+			if strings.Contains(left.Raw, "after carol left") {
+				t.Error("leave section shows events after the leave")
+			}
+			if last := left.Get("timeline.events.@reverse.0"); last.Get("content.membership").String() != "leave" {
+				t.Errorf("leave timeline does not end with the leave: %s", left.Get("timeline").Raw)
+			}
+			if res := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C"}); res.Get(`rooms.leave.!room:x`).Exists() {
+				t.Error("initial sync without include_leave shows the left room")
+			}
+			il := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C", Filter: `{"room":{"include_leave":true}}`})
+			if !il.Get(`rooms.leave.!room:x`).Exists() {
+				t.Error("include_leave did not show the left room")
+			}
+			msgs, err := svc.Messages(ctx, sync.Viewer{UserID: "@carol:x"}, sync.MessagesRequest{RoomID: "!room:x", Backward: true, Limit: 50})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(msgs.Chunk)
+			if got := bodies(gjson.ParseBytes(raw)); fmt.Sprint(got) != "[carol here]" {
+				t.Fatalf("carol's /messages after leaving = %v", got)
+			}
+			if _, err := db.W.ExecContext(ctx, `INSERT INTO forgotten_rooms (user_id, room_id) VALUES ('@carol:x', '!room:x')`); err != nil {
+				t.Fatal(err)
+			}
+			il = doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C", Filter: `{"room":{"include_leave":true}}`})
+			if strings.Contains(il.Get("rooms").Raw, "!room:x") {
+				t.Error("a forgotten room appeared")
+			}
+		})
+
+		t.Run("an invite shows stripped state including the invite", func(t *testing.T) {
+			r.member("@dave:x", "invite")
+			res := doSync(t, svc, sync.Request{UserID: "@dave:x", DeviceID: "D"})
+			inv := res.Get(`rooms.invite.!room:x.invite_state.events`)
+			if !strings.Contains(inv.Raw, `"m.room.name"`) || !strings.Contains(inv.Raw, `"invite"`) {
+				t.Fatalf("invite_state = %s", inv.Raw)
+			}
+			if inv.Get("0.event_id").Exists() {
+				t.Error("stripped state carries event ids")
+			}
+		})
+
+		t.Run("lazy loading sends only the members of the timeline's senders", func(t *testing.T) {
+			r.member("@erin:x", "join")
+			r.msg("@alice:x", "lazy")
+			res := doSync(t, svc, sync.Request{UserID: "@erin:x", DeviceID: "E",
+				Filter: `{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}}}`})
+			members := res.Get(`rooms.join.!room:x.state.events.#(type=="m.room.member")#.state_key`).String()
+			if !strings.Contains(members, "@alice:x") || !strings.Contains(members, "@erin:x") || strings.Contains(members, "@dave:x") {
+				t.Fatalf("lazy members = %s", members)
+			}
+		})
+
+		t.Run("filters are stored per user", func(t *testing.T) {
+			id, err := svc.StoreFilter(ctx, "@alice:x", []byte(`{"room":{"timeline":{"limit":1}}}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := doSync(t, svc, sync.Request{UserID: "@alice:x", DeviceID: "A", Filter: id})
+			if n := res.Get(`rooms.join.!room:x.timeline.events.#`).Int(); n != 1 {
+				t.Fatalf("stored filter not applied: %d events", n)
+			}
+			if _, err := svc.GetFilter(ctx, "@bob:x", id); err == nil {
+				t.Fatal("another user read the filter")
+			}
+			_, err = svc.StoreFilter(ctx, "@alice:x", []byte(`{"room":{"timeline":{"limit":-1}}}`))
+			wantStatus(t, err, http.StatusBadRequest, "M_BAD_JSON")
+		})
+	})
+}
+
+func TestSyncTokenSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	db, err := sqlite.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newSeedRoom(t, db, "!room:x")
+	r.stateEv("m.room.create", "", "@alice:x", `{}`)
+	r.member("@alice:x", "join")
+	r.msg("@alice:x", "before")
+	svc := sync.New(db.Sync(), sync.NewNotifier(), nil, nil, quietLog())
+	tok := doSync(t, svc, sync.Request{UserID: "@alice:x", DeviceID: "A"}).Get("next_batch").String()
+	r.msg("@alice:x", "missed 1")
+	r.msg("@alice:x", "missed 2")
+	db.Close()
+
+	db, err = sqlite.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	svc = sync.New(db.Sync(), sync.NewNotifier(), nil, nil, quietLog())
+	res := doSync(t, svc, sync.Request{UserID: "@alice:x", DeviceID: "A", Since: tok})
+	if got := bodies(res.Get(`rooms.join.!room:x.timeline.events`)); fmt.Sprint(got) != "[missed 1 missed 2]" {
+		t.Fatalf("after restart the old token gave %v", got)
+	}
+}
