@@ -200,7 +200,7 @@ func (r *recordingInbox) RoomVersion(_ context.Context, roomID string) (gomatrix
 	if v, ok := r.versions[roomID]; ok {
 		return v, nil
 	}
-	return "", ErrUnknownRoom
+	return "", storage.ErrNotFound
 }
 
 func (r *recordingInbox) ReceivePDU(_ context.Context, _ spec.ServerName, _ gomatrixserverlib.RoomVersion, pdu json.RawMessage) error {

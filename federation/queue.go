@@ -108,6 +108,24 @@ func (q *Queue) EnqueueEDU(ctx context.Context, destinations []string, eduType s
 
 // Enqueue persists item for every destination, then wakes their senders.
 func (q *Queue) Enqueue(ctx context.Context, destinations []string, item storage.QueueItem) error {
+	dests := q.remote(destinations)
+	if err := q.store.Enqueue(ctx, dests, item, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	q.Notify(dests...)
+	return nil
+}
+
+// Notify wakes the senders of destinations whose queue rows another store
+// committed (e.g. together with the event they carry).
+func (q *Queue) Notify(destinations ...string) {
+	for _, d := range q.remote(destinations) {
+		q.wake(d)
+	}
+}
+
+// remote drops empty names, duplicates and our own name.
+func (q *Queue) remote(destinations []string) []string {
 	seen := map[string]bool{}
 	dests := make([]string, 0, len(destinations))
 	for _, d := range destinations {
@@ -117,13 +135,7 @@ func (q *Queue) Enqueue(ctx context.Context, destinations []string, item storage
 		seen[d] = true
 		dests = append(dests, d)
 	}
-	if err := q.store.Enqueue(ctx, dests, item, time.Now().UnixMilli()); err != nil {
-		return err
-	}
-	for _, d := range dests {
-		q.wake(d)
-	}
-	return nil
+	return dests
 }
 
 // RetryNow cuts a destination's backoff short: it is called when the peer

@@ -340,3 +340,19 @@ func TestTransportStartForgetsOldInboundTransactions(t *testing.T) {
 		}
 	})
 }
+
+func TestQueueNotifySendsRowsCommittedElsewhere(t *testing.T) {
+	ca := fedtest.NewCA(t)
+	nodes := newNodes(t, ca, openSQLite, "a.test", "b.test")
+	a, b := nodes[0], nodes[1]
+	inbox := newInbox("!r:a.test")
+	b.api.Rooms = inbox
+	a.startQueue(t)
+	// A row committed by another store (as rooms will, with the event).
+	pdu := fedtest.Event(t, a.key, gomatrixserverlib.RoomVersionV10, "!r:a.test", "m.test", map[string]int{"n": 7}, 1)
+	if err := a.store.Federation().Enqueue(t.Context(), []string{"b.test"}, storage.QueueItem{Kind: storage.QueuePDU, EventID: "$7", Payload: pdu}, 1); err != nil {
+		t.Fatal(err)
+	}
+	a.tr.Queue.Notify("b.test", "a.test", "")
+	waitFor(t, inbox.changed, "the notified PDU", func() bool { return len(inbox.received()) == 1 })
+}

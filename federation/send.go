@@ -21,14 +21,11 @@ const (
 	maxTxnEDUs = 100
 )
 
-// ErrUnknownRoom is what a RoomInbox returns for a room this server does
-// not take part in.
-var ErrUnknownRoom = errors.New("unknown room")
-
 // RoomInbox receives the PDUs of inbound transactions. server/rooms
 // implements it in the federation issue.
 type RoomInbox interface {
-	// RoomVersion is the version of a room this server knows, or ErrUnknownRoom.
+	// RoomVersion is the version of a room this server takes part in, or
+	// an error matching storage.ErrNotFound for a room it does not know.
 	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
 	// ReceivePDU checks and stores one PDU sent by origin. Its error is
 	// reported to the sender as that PDU's result.
@@ -192,11 +189,11 @@ func (a *API) receivePDU(ctx context.Context, origin spec.ServerName, pdu json.R
 	version := gomatrixserverlib.RoomVersion("")
 	var err error
 	if a.Rooms == nil {
-		err = ErrUnknownRoom
+		err = storage.ErrNotFound
 	} else {
 		version, err = a.Rooms.RoomVersion(ctx, head.RoomID)
 	}
-	if errors.Is(err, ErrUnknownRoom) || errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, storage.ErrNotFound) {
 		// The room's version fixes how its event IDs are computed; for a
 		// room we do not know we use the event_id the PDU carries (room
 		// versions 1-2) or the reference hash of the spec's default room

@@ -88,21 +88,29 @@ func (s *federationStore) PruneInboundTxns(ctx context.Context, beforeMS int64) 
 }
 
 func (s *federationStore) Enqueue(ctx context.Context, destinations []string, item storage.QueueItem, nowMS int64) error {
-	if item.Kind != storage.QueuePDU && item.Kind != storage.QueueEDU {
-		return fmt.Errorf("federation queue: unknown kind %q", item.Kind)
-	}
 	if len(destinations) == 0 {
 		return nil
 	}
 	return s.db.Write(ctx, func(tx *sql.Tx) error {
-		for _, d := range destinations {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO federation_queue (destination, kind, event_id, payload, created_ts)
-				VALUES ($1, $2, $3, $4, $5)`, d, item.Kind, item.EventID, string(item.Payload), nowMS); err != nil {
-				return err
-			}
-		}
-		return nil
+		return enqueueFederationTx(ctx, tx, destinations, item, nowMS)
 	})
+}
+
+// enqueueFederationTx queues item for destinations inside tx, so a store
+// that persists an event can queue it for the other servers in the same
+// commit ("persist, then notify": the caller wakes federation.Queue.Notify
+// after the commit).
+func enqueueFederationTx(ctx context.Context, tx *sql.Tx, destinations []string, item storage.QueueItem, nowMS int64) error {
+	if item.Kind != storage.QueuePDU && item.Kind != storage.QueueEDU {
+		return fmt.Errorf("federation queue: unknown kind %q", item.Kind)
+	}
+	for _, d := range destinations {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO federation_queue (destination, kind, event_id, payload, created_ts)
+			VALUES ($1, $2, $3, $4, $5)`, d, item.Kind, item.EventID, string(item.Payload), nowMS); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *federationStore) QueueDestinations(ctx context.Context) ([]string, error) {
