@@ -276,3 +276,32 @@ func eventIDOf(t *testing.T, version gomatrixserverlib.RoomVersion, pdu json.Raw
 	}
 	return ev.EventID()
 }
+
+func TestFederationErrorsAreMatrixJSON(t *testing.T) {
+	ca := fedtest.NewCA(t)
+	nodes := newNodes(t, ca, openSQLite, "a.test", "b.test")
+	a, b := nodes[0], nodes[1]
+	a.api.MaxBodyBytes = 1024
+	big := map[string]any{"pdus": []any{}, "padding": strings.Repeat("x", 2048)}
+	cases := []struct {
+		name   string
+		req    *http.Request
+		status int
+		code   string
+	}{
+		{"a body over the limit is 413 M_TOO_LARGE",
+			fedtest.SignedRequest(t, b.key, http.MethodPut, "a.test", "/_matrix/federation/v1/send/big", big, a.addr), 413, "M_TOO_LARGE"},
+		{"an unknown path is 404 M_UNRECOGNIZED",
+			a.rawRequest(t, http.MethodGet, "/_matrix/federation/v1/nope", nil), 404, "M_UNRECOGNIZED"},
+		{"a wrong method is 405 M_UNRECOGNIZED",
+			a.rawRequest(t, http.MethodGet, "/_matrix/federation/v1/send/x", nil), 405, "M_UNRECOGNIZED"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, body := a.do(t, c.req)
+			if status != c.status || body["errcode"] != c.code {
+				t.Fatalf("got %d %v, want %d %s", status, body, c.status, c.code)
+			}
+		})
+	}
+}
