@@ -55,6 +55,9 @@ type MediaStore interface {
 	// CountPending counts uploader's media IDs still waiting for content and
 	// not expired at now.
 	CountPending(ctx context.Context, uploader string, now int64) (int, error)
+	// DeleteExpiredPending forgets media IDs whose upload never came and
+	// that expired at or before now; it returns how many it removed.
+	DeleteExpiredPending(ctx context.Context, now int64) (int64, error)
 	// InsertThumbnail records a generated thumbnail; recording the same
 	// (media, size, method) twice keeps the first and is not an error.
 	InsertThumbnail(ctx context.Context, t Thumbnail) error

@@ -70,6 +70,7 @@ type Service struct {
 
 	mu      sync.Mutex
 	waiters map[string]*waiter // media ID → downloads waiting for its upload
+	swept   time.Time          // when expired pending IDs were last removed
 }
 
 type waiter struct {
@@ -157,6 +158,7 @@ func (s *Service) Upload(ctx context.Context, up Upload) (string, error) {
 // when it expires unused (ms since the epoch).
 func (s *Service) Create(ctx context.Context, uploader string) (string, int64, error) {
 	now := s.now()
+	s.sweepExpired(ctx, now)
 	n, err := s.store.CountPending(ctx, uploader, now.UnixMilli())
 	if err != nil {
 		return "", 0, err
@@ -177,6 +179,25 @@ func (s *Service) Create(ctx context.Context, uploader string) (string, int64, e
 		return "", 0, err
 	}
 	return id, expires, nil
+}
+
+// sweepExpired forgets, at most once a minute, media IDs whose upload never
+// came: they hold no blob, only a row.
+func (s *Service) sweepExpired(ctx context.Context, now time.Time) {
+	s.mu.Lock()
+	due := now.Sub(s.swept) >= time.Minute
+	if due {
+		s.swept = now
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	if n, err := s.store.DeleteExpiredPending(ctx, now.UnixMilli()); err != nil {
+		s.log.WithError(err).Warn("removing expired pending media IDs")
+	} else if n > 0 {
+		s.log.WithField("count", n).Debug("removed expired pending media IDs")
+	}
 }
 
 // UploadTo stores the content of a media ID made by Create (spec: PUT

@@ -475,3 +475,22 @@ func TestResampleAverages(t *testing.T) {
 		t.Fatalf("1x1 = %v, want mid grey", c)
 	}
 }
+
+func TestCreateForgetsExpiredPendingIDs(t *testing.T) {
+	f := newFixture(t, 1000)
+	ctx := t.Context()
+	old, _, err := f.svc.Create(ctx, "@alice:"+testServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(pendingTTL + time.Hour)
+	f.svc.now = func() time.Time { return later }
+	if _, _, err := f.svc.Create(ctx, "@bob:"+testServer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Media(ctx, old); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("expired pending ID still stored: %v", err)
+	}
+	err = f.svc.UploadTo(ctx, testServer, old, Upload{Uploader: "@alice:" + testServer, Body: strings.NewReader("x")})
+	wantErr(t, err, 404, "M_NOT_FOUND")
+}

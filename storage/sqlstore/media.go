@@ -67,6 +67,19 @@ func (s *mediaStore) CountPending(ctx context.Context, uploader string, now int6
 	return n, err
 }
 
+func (s *mediaStore) DeleteExpiredPending(ctx context.Context, now int64) (int64, error) {
+	var n int64
+	err := s.db.Write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM media WHERE uploaded_ts = 0 AND expires_ts <= $1`, now)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
+}
+
 func (s *mediaStore) InsertThumbnail(ctx context.Context, t storage.Thumbnail) error {
 	return s.db.Write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO media_thumbnails

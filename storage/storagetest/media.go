@@ -94,6 +94,19 @@ func testMedia(t *testing.T, open Opener) {
 		if n, _ := ms.CountPending(ctx, "@alice:a.test", 1200); n != 1 {
 			t.Fatalf("alice's pending after completion = %d, want 1", n)
 		}
+		// At 1500 only the expired ID goes; uploaded media is never touched.
+		if n, err := ms.DeleteExpiredPending(ctx, 1500); err != nil || n != 1 {
+			t.Fatalf("delete expired at 1500 = %d, %v; want 1", n, err)
+		}
+		if _, err := ms.Media(ctx, expired.MediaID); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("expired pending ID still there: %v", err)
+		}
+		if n, _ := ms.DeleteExpiredPending(ctx, 1<<40); n != 1 {
+			t.Fatalf("delete expired far in the future = %d, want 1 (bob's pending ID only)", n)
+		}
+		if got, err := ms.Media(ctx, pending.MediaID); err != nil || !got.Uploaded() {
+			t.Fatalf("uploaded media after clean-up: %+v, %v", got, err)
+		}
 	})
 
 	t.Run("thumbnails are cached per size and method, first write wins", func(t *testing.T) {
