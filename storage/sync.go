@@ -20,11 +20,17 @@ type SyncStore interface {
 	// rejected) with After < nid <= UpTo that pass the filter, at most Limit,
 	// newest first when Backward, else oldest first.
 	RoomEvents(ctx context.Context, roomID string, q EventQuery) ([]Event, error)
+	// RoomsWithEvents returns the rooms with timeline events in (after, upTo].
+	RoomsWithEvents(ctx context.Context, after, upTo int64) (map[string]bool, error)
 	// StateAt returns the room's state after its last timeline event with
 	// nid <= pos (empty if there is none).
 	StateAt(ctx context.Context, roomID string, pos int64) ([]Event, error)
 	// CurrentState returns the room's current state events.
 	CurrentState(ctx context.Context, roomID string) ([]Event, error)
+	// PrevState returns the accepted state event that the state event with
+	// this nid replaced (same room, type and state key, the latest before it
+	// in stream order), or ErrNotFound.
+	PrevState(ctx context.Context, roomID, typ, stateKey string, nid int64) (Event, error)
 	// EventByID returns one event (ErrNotFound if unknown).
 	EventByID(ctx context.Context, eventID string) (Event, error)
 	// VisibilityChanges returns, in nid order, the room's accepted

@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -70,10 +71,32 @@ func ToClient(ev storage.Event, v Viewer, withRoomID bool, now time.Time) Client
 // clientEvents converts events, loading the redaction events of redacted
 // ones for unsigned.redacted_because.
 func (s *Service) clientEvents(ctx context.Context, evs []storage.Event, v Viewer, withRoomID bool) ([]json.RawMessage, error) {
+	return s.convert(ctx, evs, v, withRoomID, false)
+}
+
+// timelineEvents converts timeline events: like clientEvents, and state
+// events also carry unsigned.prev_content (what they replaced), which
+// clients use to describe the change. The state sections go without it:
+// one look-up per event would make a large room's initial sync slow.
+func (s *Service) timelineEvents(ctx context.Context, evs []storage.Event, v Viewer, withRoomID bool) ([]json.RawMessage, error) {
+	return s.convert(ctx, evs, v, withRoomID, true)
+}
+
+func (s *Service) convert(ctx context.Context, evs []storage.Event, v Viewer, withRoomID, prevContent bool) ([]json.RawMessage, error) {
 	now := time.Now()
 	out := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
 		ce := ToClient(ev, v, withRoomID, now)
+		if prevContent && ev.StateKey != nil {
+			prev, err := s.store.PrevState(ctx, ev.RoomID, ev.Type, *ev.StateKey, ev.NID)
+			if err == nil {
+				if c := gjson.GetBytes(prev.JSON, "content"); c.IsObject() {
+					ce.Unsigned.PrevContent = json.RawMessage(c.Raw)
+				}
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return nil, err
+			}
+		}
 		if ev.RedactedBy != "" {
 			red, err := s.store.EventByID(ctx, ev.RedactedBy)
 			if err == nil {

@@ -183,7 +183,7 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 		}
 	}
 	visible := a.h.filter(evs)
-	if resp.Chunk, err = s.clientEvents(ctx, visible, v, true); err != nil {
+	if resp.Chunk, err = s.timelineEvents(ctx, visible, v, true); err != nil {
 		return nil, err
 	}
 	if f.LazyLoadMembers && len(visible) > 0 {
@@ -247,15 +247,15 @@ func (s *Service) Context(ctx context.Context, v Viewer, roomID, eventID string,
 	}
 	before, after = a.h.filter(before), a.h.filter(after)
 	now := []storage.Event{ev}
-	evJSON, err := s.clientEvents(ctx, now, v, true)
+	evJSON, err := s.timelineEvents(ctx, now, v, true)
 	if err != nil {
 		return nil, err
 	}
 	resp.Event = evJSON[0]
-	if resp.EventsBefore, err = s.clientEvents(ctx, before, v, true); err != nil {
+	if resp.EventsBefore, err = s.timelineEvents(ctx, before, v, true); err != nil {
 		return nil, err
 	}
-	if resp.EventsAfter, err = s.clientEvents(ctx, after, v, true); err != nil {
+	if resp.EventsAfter, err = s.timelineEvents(ctx, after, v, true); err != nil {
 		return nil, err
 	}
 	lastNID := ev.NID

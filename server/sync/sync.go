@@ -299,6 +299,14 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		}
 	}
 
+	// Rooms without new events need no timeline query in an incremental
+	// sync.
+	var active map[string]bool
+	if !initial && !req.FullState {
+		if active, err = s.store.RoomsWithEvents(ctx, since.Timeline, to.Timeline); err != nil {
+			return nil, false, err
+		}
+	}
 	for _, id := range order {
 		rs := rooms[id]
 		if forgotten[id] || !rf.allows(id) {
@@ -309,6 +317,9 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			// A room the user joined since the token is sent like in an
 			// initial sync.
 			fresh := initial || rs.atFrom != "join"
+			if active != nil && !fresh && !active[id] && len(roomAD[id]) == 0 && len(roomEph[id]) == 0 {
+				continue
+			}
 			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, req.FullState, rf)
 			if err != nil {
 				return nil, false, err
@@ -478,7 +489,7 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	if jr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
 		return nil, false, err
 	}
-	if jr.Timeline.Events, err = s.clientEvents(ctx, evs, v, false); err != nil {
+	if jr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
 		return nil, false, err
 	}
 	nonEmpty := full || len(evs) > 0 || len(state) > 0
@@ -624,7 +635,7 @@ func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, l
 	if lr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
 		return nil, err
 	}
-	if lr.Timeline.Events, err = s.clientEvents(ctx, evs, v, false); err != nil {
+	if lr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
 		return nil, err
 	}
 	return lr, nil

@@ -73,8 +73,9 @@ func (h *history) canSee(ev storage.Event) bool {
 	case mem == "join":
 		return true
 	case vis == "shared":
-		cur, _ := h.membership()
-		return cur == "join"
+		// Shared history: visible if the user joined at any point after
+		// the event (and so is, or was, a member who may read back).
+		return h.joinedAfter(ev.NID)
 	case vis == "invited" && mem == "invite":
 		return true
 	}
@@ -90,4 +91,14 @@ func (h *history) filter(evs []storage.Event) []storage.Event {
 		}
 	}
 	return out
+}
+
+// joinedAfter tells whether the user has a join after this nid.
+func (h *history) joinedAfter(nid int64) bool {
+	for _, c := range h.changes {
+		if c.NID > nid && c.Type == "m.room.member" && c.Value == "join" {
+			return true
+		}
+	}
+	return false
 }

@@ -123,6 +123,24 @@ func (s *syncStore) RoomEvents(ctx context.Context, roomID string, q storage.Eve
 	return loadEvents(ctx, s.db.R, w.String(), args...)
 }
 
+func (s *syncStore) RoomsWithEvents(ctx context.Context, after, upTo int64) (map[string]bool, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT room_id FROM events
+		WHERE event_nid > $1 AND event_nid <= $2 AND NOT outlier AND NOT rejected`, after, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
 // likePrefix escapes a LIKE prefix pattern (escape character '\').
 func likePrefix(p string) string {
 	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
@@ -185,6 +203,18 @@ func (s *syncStore) StateAt(ctx context.Context, roomID string, pos int64) ([]st
 func (s *syncStore) CurrentState(ctx context.Context, roomID string) ([]storage.Event, error) {
 	return loadEvents(ctx, s.db.R, `WHERE e.event_nid IN (SELECT event_nid FROM current_state WHERE room_id = $1)
 		ORDER BY e.event_nid`, roomID)
+}
+
+func (s *syncStore) PrevState(ctx context.Context, roomID, typ, stateKey string, nid int64) (storage.Event, error) {
+	evs, err := loadEvents(ctx, s.db.R, `WHERE e.room_id = $1 AND e.type = $2 AND e.state_key = $3 AND e.event_nid < $4
+		AND NOT e.outlier AND NOT e.rejected ORDER BY e.event_nid DESC LIMIT 1`, roomID, typ, stateKey, nid)
+	if err != nil {
+		return storage.Event{}, err
+	}
+	if len(evs) == 0 {
+		return storage.Event{}, storage.ErrNotFound
+	}
+	return evs[0], nil
 }
 
 func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Event, error) {

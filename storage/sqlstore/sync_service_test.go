@@ -371,3 +371,106 @@ func TestSyncTokenSurvivesRestart(t *testing.T) {
 		t.Fatalf("after restart the old token gave %v", got)
 	}
 }
+
+func TestSyncSharedHistoryAndPrevContent(t *testing.T) {
+	backends(t, func(t *testing.T, db *sqlstore.DB) {
+		ctx := t.Context()
+		svc := sync.New(db.Sync(), sync.NewNotifier(), nil, nil, quietLog())
+		r := newSeedRoom(t, db, "!shared:x")
+		r.stateEv("m.room.create", "", "@alice:x", `{}`)
+		r.member("@alice:x", "join")
+		r.stateEv("m.room.history_visibility", "", "@alice:x", `{"history_visibility":"shared"}`)
+		r.stateEv("m.room.topic", "", "@alice:x", `{"topic":"old"}`)
+		r.msg("@alice:x", "before frank")
+		r.member("@frank:x", "join")
+		r.stateEv("m.room.topic", "", "@alice:x", `{"topic":"new"}`)
+		r.member("@frank:x", "leave")
+		r.msg("@alice:x", "after frank")
+		frank := sync.Viewer{UserID: "@frank:x"}
+
+		t.Run("shared history is readable back from before the join, and only up to the leave", func(t *testing.T) {
+			msgs, err := svc.Messages(ctx, frank, sync.MessagesRequest{RoomID: "!shared:x", Backward: true, Limit: 50})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(msgs.Chunk)
+			if got := bodies(gjson.ParseBytes(raw)); fmt.Sprint(got) != "[before frank]" {
+				t.Fatalf("frank's /messages = %v", got)
+			}
+			if msgs.End != "" {
+				t.Errorf("end given at the start of history: %q", msgs.End)
+			}
+		})
+
+		t.Run("state events in the timeline carry prev_content", func(t *testing.T) {
+			msgs, err := svc.Messages(ctx, sync.Viewer{UserID: "@alice:x"}, sync.MessagesRequest{RoomID: "!shared:x", Backward: true, Limit: 50,
+				Filter: `{"types":["m.room.topic"]}`})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(msgs.Chunk)
+			chunk := gjson.ParseBytes(raw)
+			if chunk.Get("0.content.topic").String() != "new" || chunk.Get("0.unsigned.prev_content.topic").String() != "old" {
+				t.Fatalf("newest topic change = %s", chunk.Get("0").Raw)
+			}
+			if chunk.Get("1.unsigned.prev_content").Exists() {
+				t.Errorf("first topic has prev_content: %s", chunk.Get("1").Raw)
+			}
+			if chunk.Get("0.room_id").String() != "!shared:x" {
+				t.Errorf("/messages events lack room_id")
+			}
+		})
+
+		t.Run("state and members of a left room are as of the leave", func(t *testing.T) {
+			topic, err := svc.StateEvent(ctx, frank, "!shared:x", "m.room.topic", "", false)
+			if err != nil || gjson.GetBytes(topic, "topic").String() != "new" {
+				t.Fatalf("topic = %s, %v", topic, err)
+			}
+			ev, err := svc.StateEvent(ctx, frank, "!shared:x", "m.room.topic", "", true)
+			if err != nil || gjson.GetBytes(ev, "event_id").String() == "" {
+				t.Fatalf("format=event = %s, %v", ev, err)
+			}
+			_, err = svc.StateEvent(ctx, frank, "!shared:x", "m.room.name", "", false)
+			wantStatus(t, err, http.StatusNotFound, "M_NOT_FOUND")
+			members, err := svc.Members(ctx, frank, sync.MembersRequest{RoomID: "!shared:x", Membership: "join"})
+			if err != nil || len(members) != 1 {
+				t.Fatalf("joined members at frank's leave = %d, %v", len(members), err)
+			}
+			_, err = svc.JoinedMembers(ctx, frank, "!shared:x")
+			wantStatus(t, err, http.StatusForbidden, "M_FORBIDDEN")
+			jm, err := svc.JoinedMembers(ctx, sync.Viewer{UserID: "@alice:x"}, "!shared:x")
+			if err != nil || len(jm) != 1 {
+				t.Fatalf("joined_members = %v, %v", jm, err)
+			}
+			rooms, err := svc.JoinedRooms(ctx, "@frank:x")
+			if err != nil || len(rooms) != 0 {
+				t.Fatalf("frank's joined rooms = %v, %v", rooms, err)
+			}
+			rooms, _ = svc.JoinedRooms(ctx, "@alice:x")
+			if fmt.Sprint(rooms) != "[!shared:x]" {
+				t.Fatalf("alice's joined rooms = %v", rooms)
+			}
+		})
+
+		t.Run("context returns the events around one and hides what the user cannot see", func(t *testing.T) {
+			first, err := svc.Messages(ctx, sync.Viewer{UserID: "@alice:x"}, sync.MessagesRequest{RoomID: "!shared:x", Backward: true, Limit: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lastID := gjson.GetBytes(first.Chunk[0], "event_id").String()
+			c, err := svc.Context(ctx, sync.Viewer{UserID: "@alice:x"}, "!shared:x", lastID, 4, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.EventsBefore) != 2 || len(c.EventsAfter) != 0 || len(c.State) == 0 {
+				t.Fatalf("context: %d before, %d after, %d state", len(c.EventsBefore), len(c.EventsAfter), len(c.State))
+			}
+			_, err = svc.Context(ctx, frank, "!shared:x", lastID, 4, "")
+			wantStatus(t, err, http.StatusNotFound, "M_NOT_FOUND")
+			_, err = svc.Event(ctx, frank, "!shared:x", lastID)
+			wantStatus(t, err, http.StatusNotFound, "M_NOT_FOUND")
+			_, err = svc.Event(ctx, sync.Viewer{UserID: "@alice:x"}, "!shared:x", "$unknown")
+			wantStatus(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		})
+	})
+}
