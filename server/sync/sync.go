@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	"github.com/trustcase/node/storage"
 )
@@ -605,6 +606,15 @@ func (s *Service) invitedRoom(ctx context.Context, roomID string, inviteNID int6
 	invite, err := s.store.EventByID(ctx, inviteID)
 	if err != nil {
 		return nil, err
+	}
+	// An invite over federation carries the inviting server's stripped
+	// state when the node has none of its own.
+	if len(out) == 0 {
+		for _, st := range gjson.GetBytes(invite.JSON, "unsigned.invite_room_state").Array() {
+			if st.IsObject() && st.Get("type").Type == gjson.String {
+				out = append(out, json.RawMessage(st.Raw))
+			}
+		}
 	}
 	out = append(out, stripped(invite))
 	return &InvitedRoom{InviteState: list(out)}, nil
