@@ -1,0 +1,201 @@
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"path/filepath"
+	stdsync "sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/trustcase/node/storage/sqlite"
+)
+
+// extras stands in for the account-data and E2EE services (their real
+// implementations live in server/accountdata and server/keys and are tested
+// there); it lets these tests check how /sync assembles their sections.
+type extras struct {
+	mu        stdsync.Mutex
+	adPos     int64
+	tdPos     int64
+	dlPos     int64
+	global    []json.RawMessage
+	toDevice  []json.RawMessage
+	changed   []string
+	tdFromArg int64
+}
+
+func (e *extras) AccountDataPosition(context.Context) (int64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.adPos, nil
+}
+func (e *extras) AccountDataSince(_ context.Context, _ string, from, to int64) ([]json.RawMessage, map[string][]json.RawMessage, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if from >= to {
+		return nil, nil, nil
+	}
+	return e.global, nil, nil
+}
+func (e *extras) EphemeralPosition(context.Context) (int64, error) { return 0, nil }
+func (e *extras) EphemeralSince(context.Context, string, []string, int64, int64) (map[string][]json.RawMessage, error) {
+	return nil, nil
+}
+func (e *extras) ToDevicePosition(context.Context) (int64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tdPos, nil
+}
+func (e *extras) DeviceListPosition(context.Context) (int64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dlPos, nil
+}
+func (e *extras) ToDeviceSince(_ context.Context, _, _ string, from, to int64, limit int) ([]json.RawMessage, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tdFromArg = from
+	if from >= to {
+		return nil, nil
+	}
+	return e.toDevice, nil
+}
+func (e *extras) DeviceListChanges(_ context.Context, _ string, from, to int64) ([]string, []string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if from >= to {
+		return nil, nil, nil
+	}
+	return e.changed, nil, nil
+}
+func (e *extras) KeyCounts(context.Context, string, string) (map[string]int, []string, error) {
+	return map[string]int{"signed_curve25519": 7}, []string{"signed_curve25519"}, nil
+}
+
+func newTestService(t *testing.T, e *extras) (*Service, *Notifier) {
+	t.Helper()
+	db, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	n := NewNotifier()
+	var ad AccountData
+	var e2ee E2EE
+	if e != nil {
+		ad, e2ee = e, e
+	}
+	return New(db.Sync(), n, ad, e2ee, log), n
+}
+
+func TestSyncLongPoll(t *testing.T) {
+	t.Run("a cancelled long-poll returns and leaves no waiter behind", func(t *testing.T) {
+		svc, n := newTestService(t, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			_, err := svc.Sync(ctx, Request{UserID: "@a:x", DeviceID: "D", Since: Token{}.String(), Timeout: time.Hour})
+			done <- err
+		}()
+		cancel()
+		select {
+		case err := <-done:
+			// Cancelled while waiting it answers empty; cancelled while
+			// reading the database it reports the cancellation.
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled sync: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a cancelled long-poll did not return")
+		}
+		if l := n.listeners(); l != 0 {
+			t.Fatalf("%d waiters left after the request ended", l)
+		}
+	})
+
+	t.Run("to-device messages, device lists and account data wake and fill the sync", func(t *testing.T) {
+		e := &extras{}
+		svc, n := newTestService(t, e)
+		first, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.OTKCounts["signed_curve25519"] != 7 || len(first.FallbackTypes) != 1 {
+			t.Fatalf("key counts = %v %v", first.OTKCounts, first.FallbackTypes)
+		}
+		done := make(chan *Response, 1)
+		go func() {
+			resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch, Timeout: time.Minute})
+			if err != nil {
+				t.Error(err)
+			}
+			done <- resp
+		}()
+		// Commit, then wake (as the keys and account-data services do).
+		e.mu.Lock()
+		e.tdPos, e.dlPos, e.adPos = 3, 2, 5
+		e.toDevice = []json.RawMessage{json.RawMessage(`{"type":"m.room_key","sender":"@b:x","content":{}}`)}
+		e.changed = []string{"@b:x"}
+		e.global = []json.RawMessage{json.RawMessage(`{"type":"m.direct","content":{}}`)}
+		e.mu.Unlock()
+		n.Wake("@a:x")
+		var resp *Response
+		select {
+		case resp = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the wake did not end the long-poll")
+		}
+		if len(resp.ToDevice.Events) != 1 || len(resp.DeviceLists.Changed) != 1 || len(resp.AccountData.Events) != 1 {
+			t.Fatalf("sections: to_device %d, device_lists.changed %v, account_data %d",
+				len(resp.ToDevice.Events), resp.DeviceLists.Changed, len(resp.AccountData.Events))
+		}
+		tok, err := ParseToken(resp.NextBatch)
+		if err != nil || tok.ToDevice != 3 || tok.DeviceLists != 2 || tok.AccountData != 5 {
+			t.Fatalf("next_batch %q = %+v, %v", resp.NextBatch, tok, err)
+		}
+		// The next sync tells the E2EE service what the client has seen.
+		if _, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: resp.NextBatch}); err != nil {
+			t.Fatal(err)
+		}
+		if e.tdFromArg != 3 {
+			t.Errorf("ToDeviceSince from = %d, want 3 (the acknowledged position)", e.tdFromArg)
+		}
+	})
+
+	t.Run("a filter hides account data types", func(t *testing.T) {
+		e := &extras{adPos: 1, global: []json.RawMessage{
+			json.RawMessage(`{"type":"m.direct","content":{}}`), json.RawMessage(`{"type":"m.push_rules","content":{}}`)}}
+		svc, _ := newTestService(t, e)
+		resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Filter: `{"account_data":{"not_types":["m.push_rules"]}}`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.AccountData.Events) != 1 {
+			t.Fatalf("account data = %s", resp.AccountData.Events)
+		}
+	})
+
+	t.Run("without the extra services every section is present and empty", func(t *testing.T) {
+		svc, _ := newTestService(t, nil)
+		resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := json.Marshal(resp)
+		var m map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &m)
+		for _, k := range []string{"next_batch", "rooms", "account_data", "presence", "to_device", "device_lists",
+			"device_one_time_keys_count", "device_unused_fallback_key_types"} {
+			if v, ok := m[k]; !ok || string(v) == "null" {
+				t.Errorf("%s missing or null in %s", k, raw)
+			}
+		}
+	})
+}
