@@ -136,7 +136,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("federation.listen: %w", err)
 	}
 	base := func(net.Listener) context.Context { return ctx }
-	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: base}
+	// In-flight client requests finish on shutdown; only long-polls are cut short.
+	clientBase := func(net.Listener) context.Context { return clientapi.ShutdownContext(ctx) }
+	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	queueCtx, stopQueue := context.WithCancel(ctx)
 	defer func() { stopQueue(); n.Federation.Wait() }()
