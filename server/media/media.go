@@ -4,6 +4,16 @@
 // Clients encrypt what they send, so the node needs no plaintext: the bytes
 // are stored and served exactly as uploaded. Only images a client chose to
 // upload unencrypted can be thumbnailed.
+//
+// Layout under Config.Dir (data_dir/media):
+//
+//	<id[:2]>/<id>.<sha256>                          the bytes of one upload
+//	thumbnails/<id[:2]>/<id>/<w>x<h>-<crop|scale>   generated thumbnails
+//	tmp/                                            uploads in flight
+//
+// A blob is written to tmp/, synced, then renamed into place before the store
+// refers to it, so a crash never leaves a reference to half a file; at worst
+// an unreferenced file, and stale tmp/ files are removed at start.
 package media
 
 import (
