@@ -2,7 +2,6 @@ package federation
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -22,8 +21,6 @@ const defaultMaxBodyBytes = 8 << 20
 // fedHandler is an authenticated federation endpoint: origin is the server
 // whose X-Matrix signature was verified; body is the raw request body.
 type fedHandler func(r *http.Request, origin spec.ServerName, body []byte) (any, error)
-
-type originKey struct{}
 
 // authed verifies the X-Matrix authorization of a request before h runs.
 // spec: server-server API, "Request Authentication". Every failure is
@@ -77,8 +74,7 @@ func (a *API) authed(h fedHandler) http.HandlerFunc {
 			// The peer is reachable: whatever waits for it goes now.
 			a.Queue.RetryNow(string(origin))
 		}
-		ctx := context.WithValue(r.Context(), originKey{}, origin)
-		resp, err := h(r.WithContext(ctx), origin, body)
+		resp, err := h(r, origin, body)
 		if err != nil {
 			a.writeErr(w, r, err)
 			return

@@ -27,8 +27,9 @@ type RoomInbox interface {
 	// RoomVersion is the version of a room this server takes part in, or
 	// an error matching storage.ErrNotFound for a room it does not know.
 	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
-	// ReceivePDU checks and stores one PDU sent by origin. Its error is
-	// reported to the sender as that PDU's result.
+	// ReceivePDU checks and stores one PDU sent by origin. Its error text
+	// is sent back to the peer as that PDU's result (so it should say what
+	// was wrong with the event, not leak internals).
 	ReceivePDU(ctx context.Context, origin spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, pdu json.RawMessage) error
 }
 
@@ -117,8 +118,8 @@ func (l *txnLocks) lock(origin, txnID string) func() {
 // (origin, txnId); PDUs go to the RoomInbox, EDUs to their receivers.
 func (a *API) send(r *http.Request, origin spec.ServerName, raw []byte) (any, error) {
 	txnID, err := pathVar(r, "txnId")
-	if err != nil || txnID == "" {
-		return nil, mxerr.InvalidParam("bad transaction id")
+	if err != nil || txnID == "" || len(txnID) > 255 {
+		return nil, mxerr.InvalidParam("the transaction id must be 1 to 255 bytes")
 	}
 	if len(raw) == 0 {
 		return nil, mxerr.NotJSON("a transaction needs a JSON body")
