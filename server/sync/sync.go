@@ -343,16 +343,17 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			empty = false
 		case "leave", "ban":
 			// Initial syncs show left rooms only with include_leave;
-			// incremental ones show rooms left since the token.
-			if initial || req.FullState {
-				if !rf.IncludeLeave {
-					continue
-				}
-			} else if !rs.changedInWindow || rs.atFrom == "" {
+			// incremental ones show rooms left (or invites rejected) since
+			// the token, and with full_state + include_leave all of them.
+			show := rf.IncludeLeave
+			if !initial {
+				show = rs.changedInWindow || (req.FullState && rf.IncludeLeave)
+			}
+			if !show {
 				continue
 			}
 			from := since.Timeline
-			if initial || req.FullState {
+			if initial || !rs.changedInWindow {
 				from = 0
 			}
 			lr, err := s.leftRoom(ctx, viewer, id, from, rs.lastNID, rf)
