@@ -6,6 +6,13 @@ import stdsync "sync"
 // commits. It is in memory only: the database is the source of truth, so a
 // request takes its channel (Listen) BEFORE it reads the database; a Wake
 // that lands between the read and the wait has already closed the channel.
+//
+// Services call Wake AFTER their commit, with every local user whose /sync
+// changes: rooms wakes the room's joined members and the target of a
+// membership change (the invitee, the kicked or banned user, the leaver);
+// keys wakes the recipients of to-device messages and the users who share a
+// room with a user whose devices changed; account data wakes its owner and,
+// for receipts and typing, the room's members.
 type Notifier struct {
 	mu      stdsync.Mutex
 	waiters map[string]*waiter
