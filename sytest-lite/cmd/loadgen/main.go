@@ -1,0 +1,92 @@
+// Command loadgen measures a Matrix homeserver as a crisis loads it. It
+// speaks only the standard client-server API, so the same run can be pointed
+// at any homeserver with open registration and the figures compared.
+//
+//	go run ./sytest-lite/cmd/loadgen -hs http://127.0.0.1:8008 -scenario all
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+func main() {
+	var (
+		hs        = flag.String("hs", "http://127.0.0.1:8008", "homeserver base URL")
+		scenario  = flag.String("scenario", "all", "burst, fanout, initialsync or all")
+		users     = flag.Int("users", 100, "burst: senders")
+		rooms     = flag.Int("rooms", 10, "burst: rooms")
+		duration  = flag.Duration("duration", 10*time.Second, "burst: how long to send")
+		listeners = flag.Int("listeners", 200, "fan-out: listeners")
+		messages  = flag.Int("messages", 50, "fan-out: messages")
+		gap       = flag.Duration("gap", 100*time.Millisecond, "fan-out: pause between messages")
+		isRooms   = flag.Int("is-rooms", 100, "initial sync: rooms")
+		isEvents  = flag.Int("is-events", 1000, "initial sync: events per room")
+		jsonOut   = flag.String("json", "", "also write the results as JSON to this file")
+	)
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 1024
+	e := &env{
+		base: strings.TrimRight(*hs, "/"),
+		hc:   &http.Client{Transport: tr, Timeout: 2 * time.Minute},
+		log:  func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+	}
+	var results []result
+	run := func(name string, fn func() (result, error)) {
+		if *scenario != "all" && *scenario != name {
+			return
+		}
+		r, err := fn()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		results = append(results, r)
+	}
+	run("burst", func() (result, error) { return e.burst(ctx, *users, *rooms, *duration) })
+	run("fanout", func() (result, error) { return e.fanout(ctx, *listeners, *messages, *gap) })
+	run("initialsync", func() (result, error) { return e.initialSync(ctx, *isRooms, *isEvents) })
+	if len(results) == 0 {
+		fmt.Fprintf(os.Stderr, "unknown scenario %q\n", *scenario)
+		os.Exit(2)
+	}
+	report := map[string]any{"homeserver": e.base, "cores": runtime.NumCPU(), "time": time.Now().UTC().Format(time.RFC3339), "results": results}
+	printTable(results)
+	if *jsonOut != "" {
+		raw, _ := json.MarshalIndent(report, "", "  ")
+		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+}
+
+func printTable(results []result) {
+	fmt.Printf("cores: %d\n", runtime.NumCPU())
+	for _, r := range results {
+		fmt.Printf("\n%s %v\n", r.Scenario, r.Params)
+		keys := make([]string, 0, len(r.Figures))
+		for k := range r.Figures {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Printf("  %-22s %12.1f\n", k, r.Figures[k])
+		}
+		if len(r.Errors) > 0 {
+			fmt.Printf("  errors by status: %v\n", r.Errors)
+		}
+	}
+}
