@@ -81,6 +81,8 @@ type Service struct {
 	mu      sync.Mutex
 	waiters map[string]*waiter // media ID → downloads waiting for its upload
 	swept   time.Time          // when expired pending IDs were last removed
+	// generating holds a channel per thumbnail being generated, closed when done.
+	generating map[string]chan struct{}
 }
 
 type waiter struct {
@@ -100,6 +102,7 @@ func New(store storage.MediaStore, cfg Config, log logrus.FieldLogger) *Service 
 		now:        time.Now,
 		thumbSlots: make(chan struct{}, 2),
 		waiters:    map[string]*waiter{},
+		generating: map[string]chan struct{}{},
 	}
 	s.removeStaleTemp()
 	return s

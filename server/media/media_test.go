@@ -494,3 +494,49 @@ func TestCreateForgetsExpiredPendingIDs(t *testing.T) {
 	err = f.svc.UploadTo(ctx, testServer, old, Upload{Uploader: "@alice:" + testServer, Body: strings.NewReader("x")})
 	wantErr(t, err, 404, "M_NOT_FOUND")
 }
+
+func TestConcurrentThumbnailRequestsShareOneGeneration(t *testing.T) {
+	f := newFixture(t, 10<<20)
+	id := f.upload(t, "image/png", "", encodePNG(t, gradient(900, 700)))
+	const n = 8
+	results := make(chan []byte, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			file, err := f.svc.Thumbnail(t.Context(), testServer, id, 96, 96, "crop", 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			b, err := io.ReadAll(file)
+			file.Close()
+			if err != nil {
+				errs <- err
+				return
+			}
+			results <- b
+		}()
+	}
+	var first []byte
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errs:
+			t.Fatalf("concurrent thumbnail: %v", err)
+		case b := <-results:
+			if first == nil {
+				first = b
+			} else if !bytes.Equal(b, first) {
+				t.Fatal("concurrent requests got different thumbnails")
+			}
+		}
+	}
+	if th := files(t, filepath.Join(f.dir, "thumbnails")); len(th) != 1 {
+		t.Fatalf("thumbnail files: %v, want one", th)
+	}
+	f.svc.mu.Lock()
+	left := len(f.svc.generating)
+	f.svc.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d generations still marked in flight", left)
+	}
+}

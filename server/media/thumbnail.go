@@ -111,10 +111,53 @@ func (s *Service) Thumbnail(ctx context.Context, serverName, mediaID string, wid
 		return &File{File: src, ContentType: "image/" + format, Filename: "thumbnail." + extension(format),
 			Size: m.Size, ModTime: time.UnixMilli(m.UploadedTS)}, nil
 	}
+	// One request generates a given thumbnail; others asking meanwhile wait
+	// for it and read the cache, instead of decoding the same image again.
+	for {
+		done, err := s.claimGeneration(ctx, m.MediaID, size)
+		if err != nil {
+			return nil, err
+		}
+		if done != nil {
+			defer done()
+			break
+		}
+		if f, err := s.cachedThumbnail(ctx, m.MediaID, size); err == nil || !errors.Is(err, storage.ErrNotFound) {
+			return f, err
+		}
+		// The other request failed: try ourselves (and meet its error).
+	}
 	if _, err := src.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
 	return s.generate(ctx, m, src, format, size)
+}
+
+// claimGeneration returns a release function if the caller is to generate
+// the thumbnail, or nil after another request generating it has finished.
+func (s *Service) claimGeneration(ctx context.Context, mediaID string, size thumbSize) (func(), error) {
+	key := s.thumbnailPath(mediaID, size.w, size.h, size.method)
+	s.mu.Lock()
+	ch, busy := s.generating[key]
+	if !busy {
+		ch = make(chan struct{})
+		s.generating[key] = ch
+	}
+	s.mu.Unlock()
+	if !busy {
+		return func() {
+			s.mu.Lock()
+			delete(s.generating, key)
+			s.mu.Unlock()
+			close(ch)
+		}, nil
+	}
+	select {
+	case <-ch:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // fits reports whether a w×h image needs no shrinking for size.
