@@ -60,7 +60,7 @@ func (a *API) Handler() http.Handler {
 	v1 := client.PathPrefix("/v1").Subrouter()
 
 	a.registerCore(r, client, v3)
-	a.registerAccounts(v3)
+	a.registerAccounts(v3, v1)
 	a.registerProfile(v3)
 	a.registerRooms(v3, v1)
 	a.registerSync(v3)

@@ -50,7 +50,7 @@ func newMediaFixture(t *testing.T, limit int64) *mediaFixture {
 	dir := filepath.Join(t.TempDir(), "media")
 	svc := media.New(db.Media(), media.Config{ServerName: mediaTestServer, Dir: dir, MaxBytes: limit}, log)
 	a := &API{Config: cfg, Log: log, Media: svc,
-		Accounts: accounts.New(db.Accounts(), accounts.Config{ServerName: mediaTestServer}, log)}
+		Accounts: accounts.New(db.Accounts(), accounts.Config{ServerName: mediaTestServer}, log, nil)}
 	f := &mediaFixture{api: a, svc: svc, dir: dir, all: httptest.NewServer(a.Handler())}
 	t.Cleanup(f.all.Close)
 	dev := &accounts.Device{UserID: "@alice:" + mediaTestServer, DeviceID: "ALICE"}

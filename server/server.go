@@ -71,7 +71,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
-	}, log.WithField("component", "accounts"))
+	}, log.WithField("component", "accounts"), nil)
 	n.Rooms = rooms.New(store.Rooms(), key, notifier, log.WithField("component", "rooms"))
 	n.Media = media.New(store.Media(), media.Config{
 		ServerName: cfg.ServerName,
