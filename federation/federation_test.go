@@ -305,3 +305,21 @@ func TestFederationErrorsAreMatrixJSON(t *testing.T) {
 		})
 	}
 }
+
+func TestToDeviceFuncPassesTheMessageIDAsTxnID(t *testing.T) {
+	var got []string
+	f := ToDeviceFunc(func(_ context.Context, sender, senderDev, evType, txn string, msgs map[string]map[string]json.RawMessage) error {
+		got = append(got, fmt.Sprintf("%s|%s|%s|%s|%d", sender, senderDev, evType, txn, len(msgs)))
+		return nil
+	})
+	msgs := map[string]map[string]json.RawMessage{"@a:a.test": {"D": json.RawMessage(`{}`)}}
+	if err := f.ReceiveToDevice(t.Context(), "b.test", "@b:b.test", "m.x", "mid", msgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ReceiveToDevice(t.Context(), "b.test", "@b:b.test", "m.x", "", msgs); err == nil {
+		t.Error("an EDU without message_id was accepted")
+	}
+	if fmt.Sprint(got) != "[@b:b.test||m.x|mid|1]" {
+		t.Fatalf("got %v", got)
+	}
+}

@@ -46,6 +46,21 @@ type ToDeviceReceiver interface {
 	ReceiveToDevice(ctx context.Context, origin spec.ServerName, sender, eventType, messageID string, messages map[string]map[string]json.RawMessage) error
 }
 
+// ToDeviceFunc makes a ToDeviceReceiver of a function shaped like the keys
+// service's SendToDevice(ctx, sender, senderDevice, eventType, txnID,
+// messages): the EDU's message_id is the transaction id (so a repeated EDU
+// is queued once) and the remote sender's device, which the EDU does not
+// name, is "". Remote targets are the function's to skip.
+type ToDeviceFunc func(ctx context.Context, senderUserID, senderDeviceID, eventType, txnID string, messages map[string]map[string]json.RawMessage) error
+
+// ReceiveToDevice implements ToDeviceReceiver.
+func (f ToDeviceFunc) ReceiveToDevice(ctx context.Context, _ spec.ServerName, sender, eventType, messageID string, messages map[string]map[string]json.RawMessage) error {
+	if messageID == "" {
+		return errors.New("m.direct_to_device without message_id")
+	}
+	return f(ctx, sender, "", eventType, messageID, messages)
+}
+
 // toDeviceEDU adapts a ToDeviceReceiver to the EDU dispatch.
 type toDeviceEDU struct{ r ToDeviceReceiver }
 
