@@ -61,6 +61,14 @@ func (a *API) sync(r *http.Request, dev *accounts.Device) (any, error) {
 	default:
 		return nil, mxerr.InvalidParam("full_state must be true or false")
 	}
+	useStateAfter := false
+	switch q.Get("use_state_after") {
+	case "", "false":
+	case "true":
+		useStateAfter = true
+	default:
+		return nil, mxerr.InvalidParam("use_state_after must be true or false")
+	}
 	switch q.Get("set_presence") {
 	case "", "online", "offline", "unavailable":
 		// Presence is not tracked: accepted and ignored.
@@ -68,12 +76,13 @@ func (a *API) sync(r *http.Request, dev *accounts.Device) (any, error) {
 		return nil, mxerr.InvalidParam("set_presence must be online, offline or unavailable")
 	}
 	return a.Sync.Sync(r.Context(), sync.Request{
-		UserID:    dev.UserID,
-		DeviceID:  dev.DeviceID,
-		Since:     q.Get("since"),
-		Timeout:   time.Duration(timeout) * time.Millisecond,
-		FullState: fullState,
-		Filter:    q.Get("filter"),
+		UserID:        dev.UserID,
+		DeviceID:      dev.DeviceID,
+		Since:         q.Get("since"),
+		Timeout:       time.Duration(timeout) * time.Millisecond,
+		FullState:     fullState,
+		UseStateAfter: useStateAfter,
+		Filter:        q.Get("filter"),
 	})
 }
 

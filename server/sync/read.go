@@ -191,7 +191,7 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 		if err != nil {
 			return nil, err
 		}
-		if resp.State, err = s.clientEvents(ctx, lazyMembers(nil, state, visible, v.UserID, false), v, true); err != nil {
+		if resp.State, err = s.clientEvents(ctx, lazyMembers(nil, state, visible, v.UserID, false, false), v, true); err != nil {
 			return nil, err
 		}
 	}
@@ -268,7 +268,7 @@ func (s *Service) Context(ctx context.Context, v Viewer, roomID, eventID string,
 	}
 	if f.LazyLoadMembers {
 		all := append(append(append([]storage.Event{}, before...), ev), after...)
-		state = lazyMembers(state, state, all, v.UserID, false)
+		state = lazyMembers(state, state, all, v.UserID, false, false)
 	}
 	if resp.State, err = s.clientEvents(ctx, filterState(state, f), v, true); err != nil {
 		return nil, err

@@ -52,6 +52,9 @@ type Request struct {
 	Since            string
 	Timeout          time.Duration
 	FullState        bool
+	// UseStateAfter asks for state_after (the state up to the END of the
+	// timeline) instead of state (spec v1.16, use_state_after).
+	UseStateAfter bool
 	// Filter is a filter id or inline JSON.
 	Filter string
 }
@@ -97,12 +100,13 @@ type Timeline struct {
 
 // JoinedRoom is a room the user is joined to.
 type JoinedRoom struct {
-	Summary             Summary   `json:"summary"`
-	State               EventList `json:"state"`
-	Timeline            Timeline  `json:"timeline"`
-	Ephemeral           EventList `json:"ephemeral"`
-	AccountData         EventList `json:"account_data"`
-	UnreadNotifications Unread    `json:"unread_notifications"`
+	Summary             Summary    `json:"summary"`
+	State               *EventList `json:"state,omitempty"`
+	StateAfter          *EventList `json:"state_after,omitempty"`
+	Timeline            Timeline   `json:"timeline"`
+	Ephemeral           EventList  `json:"ephemeral"`
+	AccountData         EventList  `json:"account_data"`
+	UnreadNotifications Unread     `json:"unread_notifications"`
 }
 
 // Summary is the room summary (heroes and member counts).
@@ -125,9 +129,10 @@ type InvitedRoom struct {
 
 // LeftRoom is a room the user left or was banned from.
 type LeftRoom struct {
-	State       EventList `json:"state"`
-	Timeline    Timeline  `json:"timeline"`
-	AccountData EventList `json:"account_data"`
+	State       *EventList `json:"state,omitempty"`
+	StateAfter  *EventList `json:"state_after,omitempty"`
+	Timeline    Timeline   `json:"timeline"`
+	AccountData EventList  `json:"account_data"`
 }
 
 // DeviceLists are the users whose devices changed.
@@ -321,7 +326,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			if active != nil && !fresh && !active[id] && len(roomAD[id]) == 0 && len(roomEph[id]) == 0 {
 				continue
 			}
-			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, req.FullState, rf)
+			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, req.FullState, req.UseStateAfter, rf)
 			if err != nil {
 				return nil, false, err
 			}
@@ -356,7 +361,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			if initial || !rs.changedInWindow {
 				from = 0
 			}
-			lr, err := s.leftRoom(ctx, viewer, id, from, rs.lastNID, rf)
+			lr, err := s.leftRoom(ctx, viewer, id, from, rs.lastNID, req.UseStateAfter, rf)
 			if err != nil {
 				return nil, false, err
 			}
@@ -433,12 +438,12 @@ func (s *Service) timeline(ctx context.Context, h *history, roomID string, from,
 
 // joinedRoom builds a joined room's section. fresh: the room is new to the
 // client (initial sync, newly joined), so its timeline is the latest events
-// rather than those since from. The state is the whole state at the start of
-// the timeline when fresh or fullState, else the changes since from that the
-// timeline does not show.
-func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, fullState bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
+// rather than those since from. The state is the whole state (when fresh or
+// fullState) or the changes since from, up to the start of the timeline, or
+// to its end with stateAfter.
+func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, fullState, stateAfter bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
 	full := fresh || fullState
-	jr := &JoinedRoom{State: list(nil), Timeline: Timeline{Events: []json.RawMessage{}}}
+	jr := &JoinedRoom{Timeline: Timeline{Events: []json.RawMessage{}}}
 	h, err := s.history(ctx, roomID, v.UserID, to)
 	if err != nil {
 		return nil, false, err
@@ -460,36 +465,22 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	jr.Timeline.PrevBatch = pageToken(start)
 
 	var state []storage.Event
-	if full || limited || sf.LazyLoadMembers {
-		atStart, err := s.store.StateAt(ctx, roomID, start)
-		if err != nil {
-			return nil, false, err
-		}
-		switch {
-		case full:
-			state = atStart
-		case limited:
-			atFrom, err := s.store.StateAt(ctx, roomID, from)
-			if err != nil {
-				return nil, false, err
-			}
-			seen := make(map[string]bool, len(atFrom))
-			for _, ev := range atFrom {
-				seen[ev.EventID] = true
-			}
-			for _, ev := range atStart {
-				if !seen[ev.EventID] {
-					state = append(state, ev)
-				}
-			}
-		}
-		if sf.LazyLoadMembers {
-			state = lazyMembers(state, atStart, evs, v.UserID, full)
-		}
+	if stateAfter {
+		state, err = s.stateSection(ctx, roomID, from, to, full, len(evs) > 0 || limited, evs, sf, v.UserID, true)
+	} else {
+		state, err = s.stateSection(ctx, roomID, from, start, full, limited, evs, sf, v.UserID, false)
 	}
-	state = filterState(state, sf)
-	if jr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
+	if err != nil {
 		return nil, false, err
+	}
+	section, err := s.clientEvents(ctx, state, v, false)
+	if err != nil {
+		return nil, false, err
+	}
+	if stateAfter {
+		jr.StateAfter = &EventList{Events: orEmpty(section)}
+	} else {
+		jr.State = &EventList{Events: orEmpty(section)}
 	}
 	if jr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
 		return nil, false, err
@@ -503,10 +494,55 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	return jr, nonEmpty, nil
 }
 
+func orEmpty(evs []json.RawMessage) []json.RawMessage {
+	if evs == nil {
+		return []json.RawMessage{}
+	}
+	return evs
+}
+
+// stateSection is a room's state section: the whole state at pos (full),
+// or what changed between from and pos (diff), trimmed for lazy-loading and
+// the state filter. after: the section is state_after, which must hold the
+// state events the timeline shows too.
+func (s *Service) stateSection(ctx context.Context, roomID string, from, pos int64, full, diff bool, timeline []storage.Event, sf *RoomEventFilter, userID string, after bool) ([]storage.Event, error) {
+	if !full && !diff && !sf.LazyLoadMembers {
+		return nil, nil
+	}
+	atPos, err := s.store.StateAt(ctx, roomID, pos)
+	if err != nil {
+		return nil, err
+	}
+	var state []storage.Event
+	switch {
+	case full:
+		state = atPos
+	case diff:
+		atFrom, err := s.store.StateAt(ctx, roomID, from)
+		if err != nil {
+			return nil, err
+		}
+		seen := make(map[string]bool, len(atFrom))
+		for _, ev := range atFrom {
+			seen[ev.EventID] = true
+		}
+		for _, ev := range atPos {
+			if !seen[ev.EventID] {
+				state = append(state, ev)
+			}
+		}
+	}
+	if sf.LazyLoadMembers {
+		state = lazyMembers(state, atPos, timeline, userID, full, !after)
+	}
+	return filterState(state, sf), nil
+}
+
 // lazyMembers keeps only the member events of the timeline's senders (and,
 // in a full sync, the user's own) and adds the ones the state lacks (spec:
 // "Lazy-loading room members").
-func lazyMembers(state, atStart, timeline []storage.Event, userID string, full bool) []storage.Event {
+// skipTimeline leaves out member events the timeline itself shows.
+func lazyMembers(state, atStart, timeline []storage.Event, userID string, full, skipTimeline bool) []storage.Event {
 	want := map[string]bool{}
 	for _, ev := range timeline {
 		want[ev.Sender] = true
@@ -530,7 +566,7 @@ func lazyMembers(state, atStart, timeline []storage.Event, userID string, full b
 		out = append(out, ev)
 	}
 	for _, ev := range atStart {
-		if ev.Type == "m.room.member" && ev.StateKey != nil && want[*ev.StateKey] && !have[*ev.StateKey] && !inTimeline[ev.EventID] {
+		if ev.Type == "m.room.member" && ev.StateKey != nil && want[*ev.StateKey] && !have[*ev.StateKey] && !(skipTimeline && inTimeline[ev.EventID]) {
 			out = append(out, ev)
 			have[*ev.StateKey] = true
 		}
@@ -622,9 +658,10 @@ func (s *Service) invitedRoom(ctx context.Context, roomID string, inviteNID int6
 }
 
 // leftRoom builds the section of a room the user left: the timeline up to
-// the leave, and the state at its start.
-func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, leaveNID int64, rf *RoomFilter) (*LeftRoom, error) {
-	lr := &LeftRoom{State: list(nil), Timeline: Timeline{Events: []json.RawMessage{}}, AccountData: list(nil)}
+// the leave, and the state at its start (or, with stateAfter, what changed
+// up to the leave).
+func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, leaveNID int64, stateAfter bool, rf *RoomFilter) (*LeftRoom, error) {
+	lr := &LeftRoom{Timeline: Timeline{Events: []json.RawMessage{}}, AccountData: list(nil)}
 	h, err := s.history(ctx, roomID, v.UserID, leaveNID)
 	if err != nil {
 		return nil, err
@@ -638,13 +675,24 @@ func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, l
 		start = evs[0].NID - 1
 	}
 	lr.Timeline.Limited, lr.Timeline.PrevBatch = limited, pageToken(start)
-	state, err := s.store.StateAt(ctx, roomID, start)
+	sf := &RoomEventFilter{EventFilter: ref(rf.State).EventFilter}
+	var state []storage.Event
+	if stateAfter {
+		state, err = s.stateSection(ctx, roomID, from, leaveNID, from == 0, true, evs, sf, v.UserID, true)
+	} else {
+		state, err = s.stateSection(ctx, roomID, from, start, true, false, evs, sf, v.UserID, false)
+	}
 	if err != nil {
 		return nil, err
 	}
-	state = filterState(state, ref(rf.State))
-	if lr.State.Events, err = s.clientEvents(ctx, state, v, false); err != nil {
+	section, err := s.clientEvents(ctx, state, v, false)
+	if err != nil {
 		return nil, err
+	}
+	if stateAfter {
+		lr.StateAfter = &EventList{Events: orEmpty(section)}
+	} else {
+		lr.State = &EventList{Events: orEmpty(section)}
 	}
 	if lr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
 		return nil, err

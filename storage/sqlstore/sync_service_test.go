@@ -452,6 +452,28 @@ func TestSyncSharedHistoryAndPrevContent(t *testing.T) {
 			}
 		})
 
+		t.Run("use_state_after gives the state up to the end of the timeline in state_after only", func(t *testing.T) {
+			a := sync.Request{UserID: "@alice:x", DeviceID: "A", UseStateAfter: true, Filter: `{"room":{"timeline":{"limit":2}}}`}
+			res := doSync(t, svc, a)
+			room := res.Get(`rooms.join.!shared:x`)
+			if room.Get("state").Exists() {
+				t.Errorf("state present with use_state_after: %s", room.Raw)
+			}
+			if got := room.Get(`state_after.events.#(type=="m.room.topic").content.topic`).String(); got != "new" {
+				t.Fatalf("state_after topic = %q: %s", got, room.Get("state_after").Raw)
+			}
+			a.Since = res.Get("next_batch").String()
+			r.stateEv("m.room.topic", "", "@alice:x", `{"topic":"newer"}`)
+			res = doSync(t, svc, a)
+			room = res.Get(`rooms.join.!shared:x`)
+			if got := room.Get(`state_after.events.#(type=="m.room.topic").content.topic`).String(); got != "newer" {
+				t.Fatalf("incremental state_after topic = %q: %s", got, room.Raw)
+			}
+			if n := room.Get("state_after.events.#").Int(); n != 1 {
+				t.Errorf("incremental state_after has %d events, want only the change", n)
+			}
+		})
+
 		t.Run("context returns the events around one and hides what the user cannot see", func(t *testing.T) {
 			first, err := svc.Messages(ctx, sync.Viewer{UserID: "@alice:x"}, sync.MessagesRequest{RoomID: "!shared:x", Backward: true, Limit: 1})
 			if err != nil {
