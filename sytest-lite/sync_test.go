@@ -121,6 +121,34 @@ func TestSync(t *testing.T) {
 			c.MustFail(t, "GET", roomPath("!nowhere:example")+"/messages?dir=up", nil, http.StatusBadRequest, "M_INVALID_PARAM")
 		})
 
+		t.Run("GET /joined_rooms lists no rooms for a new user", func(t *testing.T) {
+			c := register(t, n)
+			res := c.MustDo(t, "GET", "/_matrix/client/v3/joined_rooms", nil, http.StatusOK)
+			if !res.Get("joined_rooms").IsArray() || len(res.Get("joined_rooms").Array()) != 0 {
+				t.Fatalf("joined_rooms = %s", res.Raw)
+			}
+		})
+
+		t.Run("The read endpoints of a room the user is not in are forbidden", func(t *testing.T) {
+			c := register(t, n)
+			room := "!unknown:" + n.ServerName
+			for _, p := range []string{
+				roomPath(room, "messages") + "?dir=b",
+				roomPath(room, "state"),
+				roomPath(room, "state", "m.room.name"),
+				roomPath(room, "state", "m.room.member", c.UserID),
+				roomPath(room, "members"),
+				roomPath(room, "joined_members"),
+				roomPath(room, "context", "$event"),
+				roomPath(room, "event", "$event"),
+			} {
+				c.MustFail(t, "GET", p, nil, http.StatusForbidden, "M_FORBIDDEN")
+			}
+			c.MustFail(t, "GET", roomPath(room, "members")+"?membership=bogus", nil, http.StatusBadRequest, "M_INVALID_PARAM")
+			c.MustFail(t, "GET", roomPath(room, "state", "m.room.name")+"?format=xml", nil, http.StatusBadRequest, "M_INVALID_PARAM")
+			c.MustFail(t, "GET", "/_matrix/client/v3/sync?use_state_after=maybe", nil, http.StatusBadRequest, "M_INVALID_PARAM")
+		})
+
 		t.Run("Sync can be polled for updates", func(t *testing.T) {
 			c := register(t, n)
 			room := needRooms(t, c)
