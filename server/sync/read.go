@@ -25,7 +25,10 @@ type access struct {
 	// members and world-readable rooms, the leave for users who left.
 	stateAt int64
 	now     int64
-	joined  bool
+	// readUpTo is the last position whose events the user may read: their
+	// leave for former members, now for everyone else.
+	readUpTo int64
+	joined   bool
 }
 
 // roomAccess checks a user may read a room at all (spec: "Room history
@@ -40,7 +43,7 @@ func (s *Service) roomAccess(ctx context.Context, roomID, userID string) (*acces
 	if err != nil {
 		return nil, err
 	}
-	a := &access{h: h, stateAt: now, now: now}
+	a := &access{h: h, stateAt: now, now: now, readUpTo: now}
 	cur, nid := h.membership()
 	switch {
 	case cur == "join":
@@ -50,7 +53,7 @@ func (s *Service) roomAccess(ctx context.Context, roomID, userID string) (*acces
 		if !h.everJoined() {
 			return nil, mxerr.Forbidden("you are not a member of %s", roomID)
 		}
-		a.stateAt = nid
+		a.stateAt, a.readUpTo = nid, nid
 	case cur == "invite" && h.visibility() == "invited":
 		a.stateAt = nid
 	default:
@@ -132,7 +135,7 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 	if err != nil {
 		return nil, err
 	}
-	from := a.now
+	from := a.readUpTo
 	if !req.Backward {
 		from = 0
 	}
@@ -156,11 +159,11 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 		if from <= 0 || (to >= 0 && to >= from) {
 			return resp, nil
 		}
-		q.UpTo, q.After = from, max(to, 0)
+		q.UpTo, q.After = min(from, a.readUpTo), max(to, 0)
 	} else {
-		q.After, q.UpTo = from, a.now
+		q.After, q.UpTo = from, a.readUpTo
 		if to >= 0 {
-			q.UpTo = min(to, a.now)
+			q.UpTo = min(to, a.readUpTo)
 		}
 		if q.UpTo <= q.After {
 			return resp, nil
@@ -238,7 +241,7 @@ func (s *Service) Context(ctx context.Context, v Viewer, roomID, eventID string,
 		}
 	}
 	if nAfter > 0 {
-		if after, err = s.store.RoomEvents(ctx, roomID, storage.EventQuery{After: ev.NID, UpTo: a.now, Limit: nAfter, Filter: f.storeFilter()}); err != nil {
+		if after, err = s.store.RoomEvents(ctx, roomID, storage.EventQuery{After: ev.NID, UpTo: a.readUpTo, Limit: nAfter, Filter: f.storeFilter()}); err != nil {
 			return nil, err
 		}
 		if len(after) > 0 {
