@@ -68,10 +68,11 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	}
 	notifier := sync.NewNotifier()
 	n := &Node{Config: cfg, Log: log, Store: store, Key: key}
+	n.Keys = keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, notifier, log.WithField("component", "keys"))
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
-	}, log.WithField("component", "accounts"), nil)
+	}, log.WithField("component", "accounts"), n.Keys)
 	n.Rooms = rooms.New(store.Rooms(), key, notifier, log.WithField("component", "rooms"))
 	n.Media = media.New(store.Media(), media.Config{
 		ServerName: cfg.ServerName,
@@ -79,7 +80,6 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		MaxBytes:   cfg.Media.MaxUploadBytes,
 	}, log.WithField("component", "media"))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
-	n.Keys = keys.New(store.Keys(), notifier, log.WithField("component", "keys"))
 	n.Sync = sync.New(store.Sync(), notifier, sync.AsAccountData(n.AccountData), sync.AsE2EE(n.Keys), log.WithField("component", "sync"))
 	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
 		store.Close()

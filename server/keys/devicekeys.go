@@ -1,0 +1,366 @@
+package keys
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strings"
+
+	"github.com/trustcase/node/server/mxerr"
+	"github.com/trustcase/node/storage"
+)
+
+// Limits on one request, so no request holds the writer for long.
+const (
+	maxKeysPerUpload  = 1000
+	maxClaimsPerCall  = 1000
+	maxQueryUsers     = 1000
+	maxKeyJSONBytes   = 8 * 1024
+	maxToDeviceTarget = 10000
+)
+
+// UploadRequest is the body of POST /keys/upload.
+type UploadRequest struct {
+	DeviceKeys   json.RawMessage            `json:"device_keys,omitempty"`
+	OneTimeKeys  map[string]json.RawMessage `json:"one_time_keys,omitempty"`
+	FallbackKeys map[string]json.RawMessage `json:"fallback_keys,omitempty"`
+}
+
+type deviceKeysObject struct {
+	UserID     string                       `json:"user_id"`
+	DeviceID   string                       `json:"device_id"`
+	Algorithms []string                     `json:"algorithms"`
+	Keys       map[string]string            `json:"keys"`
+	Signatures map[string]map[string]string `json:"signatures"`
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := strings.TrimSpace(string(raw))
+	return t == "" || t == "null"
+}
+
+// checkDeviceKeys validates a device_keys object uploaded by userID's
+// deviceID and returns it as stored (its "unsigned" removed).
+func checkDeviceKeys(raw json.RawMessage, userID, deviceID string) (json.RawMessage, error) {
+	var dk deviceKeysObject
+	if err := json.Unmarshal(raw, &dk); err != nil {
+		return nil, mxerr.BadJSON("device_keys: %v", err)
+	}
+	switch {
+	case dk.UserID != userID:
+		return nil, mxerr.InvalidParam("device_keys.user_id %q is not the caller %q", dk.UserID, userID)
+	case dk.DeviceID != deviceID:
+		return nil, mxerr.InvalidParam("device_keys.device_id %q is not the caller's device %q", dk.DeviceID, deviceID)
+	case len(dk.Algorithms) == 0:
+		return nil, mxerr.InvalidParam("device_keys.algorithms must list the supported algorithms")
+	}
+	for _, a := range dk.Algorithms {
+		if a == "" {
+			return nil, mxerr.InvalidParam("device_keys.algorithms holds an empty algorithm")
+		}
+	}
+	for id := range dk.Keys {
+		alg, dev, ok := strings.Cut(id, ":")
+		if !ok || alg == "" || dev != deviceID {
+			return nil, mxerr.InvalidParam("device_keys.keys: key ID %q must be <algorithm>:%s", id, deviceID)
+		}
+	}
+	edID := "ed25519:" + deviceID
+	ed, ok := dk.Keys[edID]
+	if !ok {
+		return nil, mxerr.InvalidParam("device_keys.keys must hold the device's %s key", edID)
+	}
+	if err := verifySignature(raw, userID, edID, ed); err != nil {
+		return nil, mxerr.InvalidParam("device_keys: self-signature: %v", err)
+	}
+	return stripUnsigned(raw)
+}
+
+func stripUnsigned(raw json.RawMessage) (json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return nil, mxerr.BadJSON("keys must be JSON objects")
+	}
+	delete(m, "unsigned")
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil, mxerr.BadJSON("keys: %v", err)
+	}
+	return out, nil
+}
+
+// parseKeyMap checks one_time_keys / fallback_keys: IDs are
+// <algorithm>:<key id>, values a string or an object.
+func parseKeyMap(field string, keys map[string]json.RawMessage) ([]storage.OneTimeKey, error) {
+	ids := make([]string, 0, len(keys))
+	for id := range keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	out := make([]storage.OneTimeKey, 0, len(keys))
+	for _, id := range ids {
+		alg, kid, ok := strings.Cut(id, ":")
+		if !ok || alg == "" || kid == "" {
+			return nil, mxerr.InvalidParam("%s: key ID %q must be <algorithm>:<key id>", field, id)
+		}
+		v := keys[id]
+		if len(v) > maxKeyJSONBytes {
+			return nil, mxerr.InvalidParam("%s: key %q is too large", field, id)
+		}
+		var val any
+		if err := json.Unmarshal(v, &val); err != nil {
+			return nil, mxerr.BadJSON("%s: key %q: %v", field, id, err)
+		}
+		switch val.(type) {
+		case string:
+		case map[string]any:
+			var err error
+			if v, err = stripUnsigned(v); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, mxerr.InvalidParam("%s: key %q must be a string or an object", field, id)
+		}
+		out = append(out, storage.OneTimeKey{Algorithm: alg, KeyID: kid, JSON: v})
+	}
+	return out, nil
+}
+
+// Upload stores the caller device's keys and returns its one-time key counts.
+// Nothing is stored when any part is refused.
+func (s *Service) Upload(ctx context.Context, userID, deviceID string, req UploadRequest) (map[string]int, error) {
+	var deviceKeys json.RawMessage
+	if !isNull(req.DeviceKeys) {
+		var err error
+		if deviceKeys, err = checkDeviceKeys(req.DeviceKeys, userID, deviceID); err != nil {
+			return nil, err
+		}
+	}
+	if len(req.OneTimeKeys)+len(req.FallbackKeys) > maxKeysPerUpload {
+		return nil, mxerr.InvalidParam("at most %d keys per upload", maxKeysPerUpload)
+	}
+	otks, err := parseKeyMap("one_time_keys", req.OneTimeKeys)
+	if err != nil {
+		return nil, err
+	}
+	fbs, err := parseKeyMap("fallback_keys", req.FallbackKeys)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, k := range fbs {
+		if seen[k.Algorithm] {
+			return nil, mxerr.InvalidParam("fallback_keys: one key per algorithm (%s twice)", k.Algorithm)
+		}
+		seen[k.Algorithm] = true
+	}
+	counts, err := s.store.UploadKeys(ctx, userID, deviceID, deviceKeys, otks, fbs)
+	if errors.Is(err, storage.ErrConflict) {
+		return nil, mxerr.InvalidParam("one_time_keys: a key ID is already in use with a different key")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if deviceKeys != nil {
+		s.wakeSharing(ctx, userID)
+	}
+	return counts, nil
+}
+
+// QueryResponse is the body of the POST /keys/query answer.
+type QueryResponse struct {
+	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
+	MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
+	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
+	UserSigningKeys map[string]json.RawMessage            `json:"user_signing_keys"`
+	Failures        map[string]json.RawMessage            `json:"failures"`
+}
+
+// localUser tells whether userID is a well-formed ID of this server.
+func (s *Service) localUser(userID string) bool {
+	local, server, ok := strings.Cut(userID, ":")
+	return ok && strings.HasPrefix(local, "@") && len(local) > 1 && server == s.cfg.ServerName
+}
+
+// Query returns the requested users' device keys (all devices when the list
+// is empty) and cross-signing keys, with the signatures others uploaded.
+// user_signing keys are only shown to their owner (spec: "POST /keys/query").
+func (s *Service) Query(ctx context.Context, callerID string, want map[string][]string) (*QueryResponse, error) {
+	resp := &QueryResponse{
+		DeviceKeys:      map[string]map[string]json.RawMessage{},
+		MasterKeys:      map[string]json.RawMessage{},
+		SelfSigningKeys: map[string]json.RawMessage{},
+		UserSigningKeys: map[string]json.RawMessage{},
+		Failures:        map[string]json.RawMessage{},
+	}
+	if len(want) > maxQueryUsers {
+		return nil, mxerr.InvalidParam("device_keys: at most %d users per query", maxQueryUsers)
+	}
+	var users []string
+	for u := range want {
+		if s.localUser(u) {
+			users = append(users, u)
+			continue
+		}
+		// Remote key queries need federation, which does not serve them yet.
+		if _, server, ok := strings.Cut(u, ":"); ok && server != "" {
+			resp.Failures[server] = json.RawMessage(`{"errcode":"M_UNAVAILABLE","error":"remote key queries are not supported yet"}`)
+		}
+	}
+	sort.Strings(users)
+	if len(users) == 0 {
+		return resp, nil
+	}
+	devKeys, err := s.store.DeviceKeys(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	devices, err := s.store.LocalDevices(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	cross, err := s.store.CrossSigningKeys(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	sigs, err := s.store.Signatures(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	// target user → target key ID → signer → signer key → signature
+	extra := map[string]map[string]map[string]map[string]string{}
+	for _, sg := range sigs {
+		if extra[sg.TargetUserID] == nil {
+			extra[sg.TargetUserID] = map[string]map[string]map[string]string{}
+		}
+		byKey := extra[sg.TargetUserID]
+		if byKey[sg.TargetKeyID] == nil {
+			byKey[sg.TargetKeyID] = map[string]map[string]string{}
+		}
+		if byKey[sg.TargetKeyID][sg.SignerUserID] == nil {
+			byKey[sg.TargetKeyID][sg.SignerUserID] = map[string]string{}
+		}
+		byKey[sg.TargetKeyID][sg.SignerUserID][sg.SignerKeyID] = sg.Signature
+	}
+	for _, u := range users {
+		out := map[string]json.RawMessage{}
+		wanted := map[string]bool{}
+		for _, d := range want[u] {
+			wanted[d] = true
+		}
+		for d, js := range devKeys[u] {
+			if len(wanted) > 0 && !wanted[d] {
+				continue
+			}
+			js = withSignatures(js, extra[u][d])
+			if name, ok := devices[u][d]; ok && name != "" {
+				js = withUnsigned(js, map[string]any{"device_display_name": name})
+			}
+			out[d] = js
+		}
+		resp.DeviceKeys[u] = out
+		for typ, js := range cross[u] {
+			js = withSignatures(js, extra[u][crossSigningPublicKey(js)])
+			switch typ {
+			case "master":
+				resp.MasterKeys[u] = js
+			case "self_signing":
+				resp.SelfSigningKeys[u] = js
+			case "user_signing":
+				if u == callerID {
+					resp.UserSigningKeys[u] = js
+				}
+			}
+		}
+	}
+	return resp, nil
+}
+
+func withUnsigned(obj json.RawMessage, unsigned map[string]any) json.RawMessage {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(obj, &m); err != nil {
+		return obj
+	}
+	raw, err := json.Marshal(unsigned)
+	if err != nil {
+		return obj
+	}
+	m["unsigned"] = raw
+	out, err := json.Marshal(m)
+	if err != nil {
+		return obj
+	}
+	return out
+}
+
+// ClaimResponse is the body of the POST /keys/claim answer.
+type ClaimResponse struct {
+	OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
+	Failures    map[string]json.RawMessage                       `json:"failures"`
+}
+
+// Claim hands out one key per requested device: a one-time key, or the
+// fallback key once they ran out. Devices without keys are left out.
+func (s *Service) Claim(ctx context.Context, want map[string]map[string]string) (*ClaimResponse, error) {
+	resp := &ClaimResponse{
+		OneTimeKeys: map[string]map[string]map[string]json.RawMessage{},
+		Failures:    map[string]json.RawMessage{},
+	}
+	var reqs []storage.ClaimRequest
+	users := make([]string, 0, len(want))
+	for u := range want {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	for _, u := range users {
+		if !s.localUser(u) {
+			if _, server, ok := strings.Cut(u, ":"); ok && server != "" {
+				resp.Failures[server] = json.RawMessage(`{"errcode":"M_UNAVAILABLE","error":"remote key claims are not supported yet"}`)
+			}
+			continue
+		}
+		devs := make([]string, 0, len(want[u]))
+		for d := range want[u] {
+			devs = append(devs, d)
+		}
+		sort.Strings(devs)
+		for _, d := range devs {
+			alg := want[u][d]
+			if alg == "" {
+				return nil, mxerr.InvalidParam("one_time_keys: %s %s: empty algorithm", u, d)
+			}
+			reqs = append(reqs, storage.ClaimRequest{UserID: u, DeviceID: d, Algorithm: alg})
+		}
+	}
+	if len(reqs) > maxClaimsPerCall {
+		return nil, mxerr.InvalidParam("one_time_keys: at most %d devices per claim", maxClaimsPerCall)
+	}
+	if len(reqs) == 0 {
+		return resp, nil
+	}
+	claimed, err := s.store.ClaimKeys(ctx, reqs)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range claimed {
+		if resp.OneTimeKeys[k.UserID] == nil {
+			resp.OneTimeKeys[k.UserID] = map[string]map[string]json.RawMessage{}
+		}
+		resp.OneTimeKeys[k.UserID][k.DeviceID] = map[string]json.RawMessage{k.Algorithm + ":" + k.KeyID: k.JSON}
+	}
+	return resp, nil
+}
+
+// Changes lists the users whose keys changed, and those who left every
+// shared room, between two device-list positions (GET /keys/changes).
+func (s *Service) Changes(ctx context.Context, userID string, from, to int64) (changed, left []string, err error) {
+	changed, left, err = s.DeviceListChanges(ctx, userID, from, to)
+	if changed == nil {
+		changed = []string{}
+	}
+	if left == nil {
+		left = []string{}
+	}
+	return changed, left, err
+}
