@@ -148,8 +148,14 @@ func decodeJSON(r *http.Request, v any) error {
 	if !json.Valid(raw) {
 		return mxerr.NotJSON("request body is not valid JSON")
 	}
+	if !utf8.Valid(raw) { // JSON is UTF-8 (RFC 8259); raw values must not smuggle other bytes
+		return mxerr.NotJSON("request body is not UTF-8")
+	}
 	if raw[firstNonSpace(raw)] != '{' {
 		return mxerr.BadJSON("request body must be a JSON object")
+	}
+	if hasNULString(raw) {
+		return mxerr.BadJSON("strings must not contain U+0000 (\\u0000)")
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		var typeErr *json.UnmarshalTypeError

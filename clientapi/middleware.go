@@ -164,3 +164,25 @@ func (s *statusRecorder) Flush() {
 		f.Flush()
 	}
 }
+
+// hasNULString reports whether valid JSON text has a string (key or value)
+// holding U+0000, which can only be written \u0000. No Matrix identifier,
+// name or password has one, and PostgreSQL text cannot store it: refusing it
+// at the door gives a clear 400 instead of a database error, on both backends.
+func hasNULString(raw []byte) bool {
+	inString := false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case !inString:
+			inString = c == '"'
+		case c == '"':
+			inString = false
+		case c == '\\':
+			if i+5 < len(raw) && raw[i+1] == 'u' && string(raw[i+2:i+6]) == "0000" {
+				return true
+			}
+			i++ // the escaped character is never a quote that ends the string
+		}
+	}
+	return false
+}

@@ -244,7 +244,7 @@ func TestHygiene(t *testing.T) {
 			skipUnlessServed(t, n, "POST", registerPath)
 			skipUnlessServed(t, n, "POST", loginPath)
 			for _, path := range []string{"/_matrix/client/v3/login", "/_matrix/client/v3/register"} {
-				for _, body := range []string{`{"type":`, `{not json}`, `{"a":1}}`, "\xff\xfe{}", `{"a":1,}`} {
+				for _, body := range []string{`{"type":`, `{not json}`, `{"a":1}}`, "\xff\xfe{}", `{"a":1,}`, "{\"type\":\"\xff\"}"} {
 					mustErrcode(t, anon.Do(t, "POST", path, body), http.StatusBadRequest, "M_NOT_JSON")
 				}
 			}
@@ -376,6 +376,32 @@ func TestHygiene(t *testing.T) {
 					t.Errorf("GET %q: HTTP %d", path, resp.StatusCode)
 				}
 			}
+			stillServing(t, n)
+		})
+
+		t.Run("JSON strings with NUL or broken UTF-16 never give a 5xx", func(t *testing.T) {
+			skipUnlessServed(t, n, "POST", registerPath)
+			skipUnlessServed(t, n, "POST", loginPath)
+			c := n.Register(t)
+			odd := []string{`"a\u0000b"`, `"\ud800"`, `"\udc00x"`, `"\u0000"`, "\"\xff\xfe\""}
+			for _, v := range odd {
+				for _, req := range []struct{ method, path, body string }{
+					{"POST", loginPath, `{"type":"m.login.password","identifier":{"type":"m.id.user","user":` + v + `},"password":"x"}`},
+					{"POST", loginPath, `{"type":"m.login.password","identifier":{"type":"m.id.user","user":"` + c.UserID + `"},"password":` + v + `}`},
+					{"POST", registerPath, `{"password":"p4ssw0rd-long-enough","device_id":` + v + `,"auth":{"type":"m.login.dummy"}}`},
+					{"POST", registerPath, `{"password":"p4ssw0rd-long-enough","initial_device_display_name":` + v + `,"auth":{"type":"m.login.dummy"}}`},
+					{"PUT", Path("profile", c.UserID, "displayname"), `{"displayname":` + v + `}`},
+					{"PUT", Path("devices", c.DeviceID), `{"display_name":` + v + `}`},
+					{"POST", "/_matrix/client/v3/createRoom", `{"name":` + v + `,"topic":` + v + `}`},
+				} {
+					r := c.Do(t, req.method, req.path, req.body)
+					if r.Status >= 500 {
+						t.Errorf("%s %s with %s: HTTP %d: %.200s", req.method, req.path, v, r.Status, r.Body)
+					}
+				}
+			}
+			// NUL is refused with a clear error, not stored or half-handled.
+			mustErrcode(t, c.Do(t, "PUT", Path("profile", c.UserID, "displayname"), `{"displayname":"a\u0000b"}`), http.StatusBadRequest, "M_BAD_JSON")
 			stillServing(t, n)
 		})
 
