@@ -2,12 +2,16 @@ package sytest
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"maunium.net/go/mautrix"
 )
 
 // Accounts, registration, login, devices and profiles (sytest's 10apidoc/
@@ -371,6 +375,57 @@ func TestAdminCommands(t *testing.T) {
 			}
 			if _, errOut, code := n.AdminExit("deactivate", "@nobody00:"+n.ServerName); code != 1 || errOut == "" {
 				t.Errorf("deactivating an unknown user: exit %d (%q), want 1", code, errOut)
+			}
+		})
+	})
+}
+
+// TestAccountsWithMautrix drives registration, login, profile, devices and
+// logout through mautrix-go, the client library TrustCase users run.
+func TestAccountsWithMautrix(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		n := StartNode(t, b)
+		t.Run("A mautrix client can register, log in, set its profile and log out", func(t *testing.T) {
+			ctx := context.Background()
+			mc, err := mautrix.NewClient(n.URL, "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg, err := mc.RegisterDummy(ctx, &mautrix.ReqRegister[any]{Username: "ignored", Password: "mautrix-pw-1"})
+			if err != nil {
+				t.Fatalf("RegisterDummy: %v", err)
+			}
+			if !regexp.MustCompile(`^@[a-z0-9]{8}:`).MatchString(reg.UserID.String()) {
+				t.Fatalf("registered as %s", reg.UserID)
+			}
+			login, err := mc.Login(ctx, &mautrix.ReqLogin{
+				Type:             mautrix.AuthTypePassword,
+				Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: strings.ToUpper(reg.UserID.Localpart())},
+				Password:         "mautrix-pw-1",
+				StoreCredentials: true,
+			})
+			if err != nil || login.UserID != reg.UserID {
+				t.Fatalf("Login: %+v, %v", login, err)
+			}
+			who, err := mc.Whoami(ctx)
+			if err != nil || who.DeviceID != login.DeviceID {
+				t.Fatalf("Whoami: %+v, %v", who, err)
+			}
+			if err := mc.SetDisplayName(ctx, "enc:bWF1dHJpeA"); err != nil {
+				t.Fatalf("SetDisplayName: %v", err)
+			}
+			if dn, err := mc.GetOwnDisplayName(ctx); err != nil || dn.DisplayName != "enc:bWF1dHJpeA" {
+				t.Fatalf("GetOwnDisplayName: %+v, %v", dn, err)
+			}
+			devs, err := mc.GetDevicesInfo(ctx)
+			if err != nil || len(devs.Devices) != 1 || devs.Devices[0].DeviceID != login.DeviceID {
+				t.Fatalf("GetDevicesInfo: %+v, %v", devs, err)
+			}
+			if _, err := mc.Logout(ctx); err != nil {
+				t.Fatalf("Logout: %v", err)
+			}
+			if _, err := mc.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+				t.Fatalf("Whoami after logout: %v, want M_UNKNOWN_TOKEN", err)
 			}
 		})
 	})
