@@ -25,9 +25,9 @@ func (a *API) registerKeys(v3 *mux.Router) {
 
 	v3.Handle("/room_keys/version", a.authed(a.createBackup)).Methods(post)
 	v3.Handle("/room_keys/version", a.authed(a.getBackup)).Methods(get)
-	v3.Handle("/room_keys/version/{version}", a.authed(a.getBackup)).Methods(get)
-	v3.Handle("/room_keys/version/{version}", a.authed(a.updateBackup)).Methods(put)
-	v3.Handle("/room_keys/version/{version}", a.authed(a.deleteBackup)).Methods(del)
+	v3.Handle("/room_keys/version/{backupVersion}", a.authed(a.getBackup)).Methods(get)
+	v3.Handle("/room_keys/version/{backupVersion}", a.authed(a.updateBackup)).Methods(put)
+	v3.Handle("/room_keys/version/{backupVersion}", a.authed(a.deleteBackup)).Methods(del)
 	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
 		v3.Handle(p, a.authed(a.getBackupKeys)).Methods(get)
 		v3.Handle(p, a.authed(a.putBackupKeys)).Methods(put)
@@ -198,9 +198,9 @@ func (a *API) createBackup(r *http.Request, dev *accounts.Device) (any, error) {
 
 func (a *API) getBackup(r *http.Request, dev *accounts.Device) (any, error) {
 	version := ""
-	if _, ok := mux.Vars(r)["version"]; ok {
+	if _, ok := mux.Vars(r)["backupVersion"]; ok {
 		var err error
-		if version, err = pathVar(r, "version"); err != nil {
+		if version, err = pathVar(r, "backupVersion"); err != nil {
 			return nil, err
 		}
 	}
@@ -208,7 +208,7 @@ func (a *API) getBackup(r *http.Request, dev *accounts.Device) (any, error) {
 }
 
 func (a *API) updateBackup(r *http.Request, dev *accounts.Device) (any, error) {
-	version, err := pathVar(r, "version")
+	version, err := pathVar(r, "backupVersion")
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +223,7 @@ func (a *API) updateBackup(r *http.Request, dev *accounts.Device) (any, error) {
 }
 
 func (a *API) deleteBackup(r *http.Request, dev *accounts.Device) (any, error) {
-	version, err := pathVar(r, "version")
+	version, err := pathVar(r, "backupVersion")
 	if err != nil {
 		return nil, err
 	}
