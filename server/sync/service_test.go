@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
 	stdsync "sync"
@@ -56,14 +57,19 @@ func (e *extras) DeviceListPosition(context.Context) (int64, error) {
 	defer e.mu.Unlock()
 	return e.dlPos, nil
 }
+
+// ToDeviceSince treats toDevice[i] as the message at position i+1.
 func (e *extras) ToDeviceSince(_ context.Context, _, _ string, from, to int64, limit int) ([]json.RawMessage, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.tdFromArg = from
-	if from >= to {
-		return nil, nil
+	var out []json.RawMessage
+	for i, m := range e.toDevice {
+		if pos := int64(i + 1); pos > from && pos <= to && len(out) < limit {
+			out = append(out, m)
+		}
 	}
-	return e.toDevice, nil
+	return out, nil
 }
 func (e *extras) DeviceListChanges(_ context.Context, _ string, from, to int64) ([]string, []string, error) {
 	e.mu.Lock()
@@ -140,7 +146,7 @@ func TestSyncLongPoll(t *testing.T) {
 		}()
 		// Commit, then wake (as the keys and account-data services do).
 		e.mu.Lock()
-		e.tdPos, e.dlPos, e.adPos = 3, 2, 5
+		e.tdPos, e.dlPos, e.adPos = 1, 2, 5
 		e.toDevice = []json.RawMessage{json.RawMessage(`{"type":"m.room_key","sender":"@b:x","content":{}}`)}
 		e.changed = []string{"@b:x"}
 		e.global = []json.RawMessage{json.RawMessage(`{"type":"m.direct","content":{}}`)}
@@ -157,15 +163,46 @@ func TestSyncLongPoll(t *testing.T) {
 				len(resp.ToDevice.Events), resp.DeviceLists.Changed, len(resp.AccountData.Events))
 		}
 		tok, err := ParseToken(resp.NextBatch)
-		if err != nil || tok.ToDevice != 3 || tok.DeviceLists != 2 || tok.AccountData != 5 {
+		if err != nil || tok.ToDevice != 1 || tok.DeviceLists != 2 || tok.AccountData != 5 {
 			t.Fatalf("next_batch %q = %+v, %v", resp.NextBatch, tok, err)
 		}
 		// The next sync tells the E2EE service what the client has seen.
 		if _, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: resp.NextBatch}); err != nil {
 			t.Fatal(err)
 		}
-		if e.tdFromArg != 3 {
-			t.Errorf("ToDeviceSince from = %d, want 3 (the acknowledged position)", e.tdFromArg)
+		if e.tdFromArg != 1 {
+			t.Errorf("ToDeviceSince from = %d, want 1 (the acknowledged position)", e.tdFromArg)
+		}
+	})
+
+	t.Run("a to-device queue longer than a batch is delivered over several syncs without loss", func(t *testing.T) {
+		e := &extras{}
+		total := 2*maxToDevice + 37
+		for i := 0; i < total; i++ {
+			e.toDevice = append(e.toDevice, json.RawMessage(fmt.Sprintf(`{"type":"m.test","content":{"n":%d}}`, i)))
+		}
+		e.tdPos = int64(total)
+		svc, _ := newTestService(t, e)
+		since := ""
+		var got []json.RawMessage
+		for i := 0; i < 10 && len(got) < total; i++ {
+			resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: since})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.ToDevice.Events) > maxToDevice {
+				t.Fatalf("a batch of %d messages", len(resp.ToDevice.Events))
+			}
+			got = append(got, resp.ToDevice.Events...)
+			since = resp.NextBatch
+		}
+		if len(got) != total {
+			t.Fatalf("delivered %d of %d messages", len(got), total)
+		}
+		for i, m := range got {
+			if want := fmt.Sprintf(`{"type":"m.test","content":{"n":%d}}`, i); string(m) != want {
+				t.Fatalf("message %d = %s", i, m)
+			}
 		}
 	})
 

@@ -41,7 +41,7 @@ const (
 	defaultTimelineLimit = 10
 	maxTimelineLimit     = 1000
 	// maxToDevice is how many to-device messages one sync delivers.
-	maxToDevice = 1000
+	maxToDevice = 100
 	// MaxTimeout caps a long-poll.
 	MaxTimeout = 5 * time.Minute
 )
@@ -375,9 +375,13 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		if initial {
 			tdFrom = 0
 		}
-		td, err := s.e2ee.ToDeviceSince(ctx, req.UserID, req.DeviceID, tdFrom, to.ToDevice, maxToDevice)
+		td, tdTo, err := s.toDevice(ctx, req.UserID, req.DeviceID, tdFrom, to.ToDevice)
 		if err != nil {
 			return nil, false, err
+		}
+		if tdTo != to.ToDevice {
+			to.ToDevice = tdTo
+			resp.NextBatch = to.String()
 		}
 		resp.ToDevice = list(td)
 		if len(td) > 0 {
@@ -698,4 +702,33 @@ func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, l
 		return nil, err
 	}
 	return lr, nil
+}
+
+// toDevice returns the device's to-device messages after from: all up to to
+// when they fit in one batch, else the first batch and the position it ends
+// at (the next sync picks up the rest). The E2EE contract returns messages
+// without positions, so the end of a full batch is found by narrowing the
+// window: at most log2(to-from) more look-ups, and only when the queue
+// overflows a batch.
+func (s *Service) toDevice(ctx context.Context, userID, deviceID string, from, to int64) ([]json.RawMessage, int64, error) {
+	evs, err := s.e2ee.ToDeviceSince(ctx, userID, deviceID, from, to, maxToDevice+1)
+	if err != nil || len(evs) <= maxToDevice {
+		return evs, to, err
+	}
+	// (from, lo] fits in a batch, (from, hi] does not.
+	lo, hi := from, to
+	var fit []json.RawMessage
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		evs, err := s.e2ee.ToDeviceSince(ctx, userID, deviceID, from, mid, maxToDevice+1)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(evs) <= maxToDevice {
+			lo, fit = mid, evs
+		} else {
+			hi = mid
+		}
+	}
+	return fit, lo, nil
 }
