@@ -5,14 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/trustcase/node/config"
 	"github.com/trustcase/node/server/mxerr"
 )
 
@@ -46,6 +47,12 @@ func isLongPoll(r *http.Request) bool {
 // per-IP rate limit, the body limit, panic recovery and an access log line
 // (method, path template, status, duration; never tokens or bodies).
 func (a *API) middleware(next http.Handler) http.Handler {
+	var proxies []netip.Prefix // validated by config.Validate
+	for _, p := range a.Config.Client.TrustedProxies {
+		if prefix, err := config.ParseProxy(p); err == nil {
+			proxies = append(proxies, prefix)
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := newRequestID()
@@ -81,7 +88,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 				"ms":         time.Since(start).Milliseconds(),
 			}).Debug("request")
 		}()
-		if err := a.limitIP(clientIP(r)); err != nil {
+		if err := a.limitIP(clientIP(r, proxies)); err != nil {
 			writeError(rec, r, a.Log, err)
 			return
 		}
@@ -132,12 +139,42 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+// clientIP is the address a request comes from. Behind trusted reverse
+// proxies it is the last X-Forwarded-For entry that is not a trusted proxy
+// itself (entries to its left are whatever the client claimed).
+func clientIP(r *http.Request, proxies []netip.Prefix) string {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
 	}
-	return host
+	addr := peer.Addr().Unmap()
+	if !trusted(addr, proxies) {
+		return addr.String()
+	}
+	var hops []string
+	for _, h := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(h, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break // a garbled header: trust nothing further left
+		}
+		addr = hop.Unmap()
+		if !trusted(addr, proxies) {
+			break
+		}
+	}
+	return addr.String()
+}
+
+func trusted(a netip.Addr, proxies []netip.Prefix) bool {
+	for _, p := range proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 type statusRecorder struct {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -63,6 +64,43 @@ func TestShutdownContextCancelsOnlyLongPolls(t *testing.T) {
 		h.ServeHTTP(httptest.NewRecorder(), req)
 		if cancelled != wantCancel {
 			t.Errorf("GET %s: cancelled by shutdown = %v, want %v", path, cancelled, wantCancel)
+		}
+	}
+}
+
+func TestClientIPBehindTrustedProxies(t *testing.T) {
+	var proxies []netip.Prefix
+	for _, p := range []string{"10.0.0.1", "fd00::/8"} {
+		prefix, err := config.ParseProxy(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxies = append(proxies, prefix)
+	}
+	cases := []struct {
+		name, remote string
+		xff          []string
+		want         string
+	}{
+		{"direct client", "192.0.2.7:5000", nil, "192.0.2.7"},
+		{"direct client claiming another address", "192.0.2.7:5000", []string{"198.51.100.1"}, "192.0.2.7"},
+		{"through the proxy", "10.0.0.1:5000", []string{"192.0.2.7"}, "192.0.2.7"},
+		{"through the proxy, client spoofing to the left", "10.0.0.1:5000", []string{"203.0.113.9, 192.0.2.7"}, "192.0.2.7"},
+		{"through two trusted proxies", "10.0.0.1:5000", []string{"192.0.2.7, fd00::5"}, "192.0.2.7"},
+		{"header split over lines", "10.0.0.1:5000", []string{"192.0.2.7", "fd00::5"}, "192.0.2.7"},
+		{"proxy without the header", "10.0.0.1:5000", nil, "10.0.0.1"},
+		{"garbled header", "10.0.0.1:5000", []string{"not-an-ip"}, "10.0.0.1"},
+		{"IPv6 client", "[fd00::2]:5000", []string{"2001:db8::1"}, "2001:db8::1"},
+		{"IPv4-mapped peer", "[::ffff:10.0.0.1]:5000", []string{"192.0.2.7"}, "192.0.2.7"},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = c.remote
+		for _, h := range c.xff {
+			r.Header.Add("X-Forwarded-For", h)
+		}
+		if got := clientIP(r, proxies); got != c.want {
+			t.Errorf("%s: clientIP = %s, want %s", c.name, got, c.want)
 		}
 	}
 }

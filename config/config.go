@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -38,6 +39,10 @@ type ClientConfig struct {
 	// PublicBaseURL is what /.well-known/matrix/client advertises; empty means
 	// "http://<client.listen>".
 	PublicBaseURL string `yaml:"public_base_url"`
+	// TrustedProxies are the addresses (IPs or CIDRs) of reverse proxies in
+	// front of the client API: for requests from them, the client's address
+	// (for per-IP rate limits) is taken from X-Forwarded-For.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 type FederationConfig struct {
@@ -83,7 +88,7 @@ type LogConfig struct {
 func Defaults() Config {
 	return Config{
 		ServerName: "localhost",
-		Client:     ClientConfig{Listen: "127.0.0.1:8008", MaxBodyBytes: 1 << 20},
+		Client:     ClientConfig{Listen: "127.0.0.1:8008", MaxBodyBytes: 1 << 20, TrustedProxies: []string{}},
 		Federation: FederationConfig{
 			Listen:  "127.0.0.1:8448",
 			TLSCert: "data/tls.crt",
@@ -253,6 +258,11 @@ func (c Config) Validate() error {
 			p = append(p, fmt.Sprintf("client.public_base_url: %q must be an http:// or https:// URL, e.g. https://matrix.org-a.example", c.Client.PublicBaseURL))
 		}
 	}
+	for i, proxy := range c.Client.TrustedProxies {
+		if _, err := ParseProxy(proxy); err != nil {
+			p = append(p, fmt.Sprintf("client.trusted_proxies[%d]: %q must be an IP address or a CIDR range, e.g. 10.0.0.5 or 10.0.0.0/24", i, proxy))
+		}
+	}
 	if c.Federation.TLSCert == "" || c.Federation.TLSKey == "" {
 		p = append(p, "federation.tls_cert, federation.tls_key: set both (file paths; a self-signed pair is created there on first start if neither exists)")
 	}
@@ -310,6 +320,20 @@ func (c Config) Validate() error {
 		return p
 	}
 	return nil
+}
+
+// ParseProxy reads one client.trusted_proxies entry: an IP address or a CIDR range.
+func ParseProxy(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func checkHostPort(p *Problems, key, v string) {

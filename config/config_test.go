@@ -141,6 +141,9 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("default %s = %v, want %v", c.key, c.got, c.want)
 		}
 	}
+	if len(d.Client.TrustedProxies) != 0 {
+		t.Errorf("default client.trusted_proxies = %v, want empty", d.Client.TrustedProxies)
+	}
 	if len(d.Federation.Peers) != 0 {
 		t.Errorf("default federation.peers = %v, want empty", d.Federation.Peers)
 	}
@@ -272,6 +275,8 @@ func TestValidate(t *testing.T) {
 		{"negative body limit", func(c *Config) { c.Client.MaxBodyBytes = -1 }, "client.max_body_bytes"},
 		{"public base URL without scheme", func(c *Config) { c.Client.PublicBaseURL = "matrix.org-a.example" }, "client.public_base_url"},
 		{"public base URL with another scheme", func(c *Config) { c.Client.PublicBaseURL = "ftp://org-a.example" }, "client.public_base_url"},
+		{"trusted proxy that is not an address", func(c *Config) { c.Client.TrustedProxies = []string{"10.0.0.1", "proxy.local"} }, "client.trusted_proxies[1]"},
+		{"trusted proxy with a bad prefix length", func(c *Config) { c.Client.TrustedProxies = []string{"10.0.0.0/40"} }, "client.trusted_proxies[0]"},
 		{"TLS cert without key", func(c *Config) { c.Federation.TLSKey = "" }, "federation.tls_cert, federation.tls_key"},
 		{"TLS key without cert", func(c *Config) { c.Federation.TLSCert = "" }, "federation.tls_cert, federation.tls_key"},
 		{"peer without port", func(c *Config) { c.Federation.Peers = map[string]string{"org-b.example": "10.0.0.2"} }, "federation.peers.org-b.example"},
@@ -368,6 +373,27 @@ func TestValidServerName(t *testing.T) {
 	} {
 		if got := ValidServerName(name); got != want {
 			t.Errorf("ValidServerName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+func TestParseProxy(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.5":        "10.0.0.5/32",
+		"10.0.0.77/24":    "10.0.0.0/24",
+		"::1":             "::1/128",
+		"fd00::/8":        "fd00::/8",
+		"::ffff:10.0.0.5": "10.0.0.5/32",
+		"proxy.local":     "",
+		"10.0.0.0/33":     "",
+		"":                "",
+	} {
+		got, err := ParseProxy(in)
+		switch {
+		case want == "" && err == nil:
+			t.Errorf("ParseProxy(%q) = %v, want an error", in, got)
+		case want != "" && (err != nil || got.String() != want):
+			t.Errorf("ParseProxy(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
 }
