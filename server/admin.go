@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/trustcase/node/server/accounts"
+	"github.com/trustcase/node/server/keys"
 	"github.com/trustcase/node/storage"
 )
 
@@ -81,9 +82,11 @@ func Admin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer store.Close()
 	log := logrus.New()
 	log.SetOutput(io.Discard) // the command prints its own results
-	// No observer: a node running on the same database cleans up a
-	// deactivated device's keys when it next sees the device gone.
-	svc := accounts.New(store.Accounts(), accounts.Config{ServerName: cfg.ServerName, RegistrationMode: cfg.Registration.Mode}, log, nil)
+	// A deactivated device's keys and queued to-device messages go too. No
+	// waker: this process cannot reach the running node's long-polls; the
+	// device-list change is committed and shows on the peers' next sync.
+	devKeys := keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, nil, log)
+	svc := accounts.New(store.Accounts(), accounts.Config{ServerName: cfg.ServerName, RegistrationMode: cfg.Registration.Mode}, log, devKeys)
 
 	switch sub {
 	case "create-user":

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 )
 
@@ -365,6 +366,22 @@ func TestAdminCommands(t *testing.T) {
 			c.MustFail(t, "GET", "/_matrix/client/v3/account/whoami", nil, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
 			if list := n.Admin(t, "list-users"); !strings.Contains(list, id+"\tdeactivated") {
 				t.Fatalf("list-users after deactivate = %q", list)
+			}
+		})
+		t.Run("admin deactivate removes the device's E2EE keys", func(t *testing.T) {
+			alice, bob := n.Register(t), n.Register(t)
+			needKeys(t, alice)
+			uploadDeviceKeys(t, alice)
+			query := func() gjson.Result {
+				q := bob.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{alice.UserID: []string{}}}, http.StatusOK)
+				return q.Get("device_keys." + gjson.Escape(alice.UserID) + "." + gjson.Escape(alice.DeviceID))
+			}
+			if !query().Exists() {
+				t.Fatal("the uploaded device keys are not served")
+			}
+			n.Admin(t, "deactivate", alice.UserID)
+			if dev := query(); dev.Exists() {
+				t.Fatalf("a deactivated account's device keys are still served: %s", dev.Raw)
 			}
 		})
 		t.Run("admin usage errors exit 2, failures exit 1", func(t *testing.T) {
