@@ -103,6 +103,8 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		// The original writer, so that the server closes the connection after
 		// a body over the limit instead of reading the rest of it.
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		// Error logs carry the id the client got in X-Request-Id.
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		if stopping, ok := r.Context().Value(stoppingKey).(context.Context); ok && isLongPoll(r) {
 			ctx, cancel := context.WithCancel(r.Context())
 			defer cancel()
@@ -130,7 +132,11 @@ func redactPath(p string) string {
 }
 
 func requestFields(r *http.Request) logrus.Fields {
-	return logrus.Fields{"method": r.Method, "path": redactPath(r.URL.EscapedPath())}
+	f := logrus.Fields{"method": r.Method, "path": redactPath(r.URL.EscapedPath())}
+	if id, ok := r.Context().Value(requestIDKey).(string); ok {
+		f["request_id"] = id
+	}
+	return f
 }
 
 func newRequestID() string {

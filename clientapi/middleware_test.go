@@ -1,11 +1,14 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,5 +105,24 @@ func TestClientIPBehindTrustedProxies(t *testing.T) {
 		if got := clientIP(r, proxies); got != c.want {
 			t.Errorf("%s: clientIP = %s, want %s", c.name, got, c.want)
 		}
+	}
+}
+
+func TestInternalErrorLogCarriesTheRequestID(t *testing.T) {
+	log := logrus.New()
+	var buf bytes.Buffer
+	log.SetOutput(&buf)
+	a := &API{Config: config.Defaults(), Log: log}
+	h := a.middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, a.Log, errors.New("database on fire"))
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/_matrix/client/v3/x", nil))
+	id := rec.Header().Get("X-Request-Id")
+	if rec.Code != http.StatusInternalServerError || id == "" {
+		t.Fatalf("HTTP %d, X-Request-Id %q", rec.Code, id)
+	}
+	if !strings.Contains(buf.String(), "request_id="+id) {
+		t.Fatalf("the error log line does not carry request_id=%s:\n%s", id, buf.String())
 	}
 }
