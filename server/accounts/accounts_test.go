@@ -216,3 +216,36 @@ func TestProfileForOtherServices(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthorizeUserForOtherAreas(t *testing.T) {
+	s, _, _ := newService(t, "open", nil)
+	ctx := t.Context()
+	u := register(t, s, "pw-1")
+	req := UIARequest{Binding: Binding("POST", "/keys/device_signing/upload", u.UserID)}
+	_, err := s.AuthorizeUser(ctx, u.UserID, req)
+	var ch *Challenge
+	if !errors.As(err, &ch) || ch.Flows[0].Stages[0] != stagePassword {
+		t.Fatalf("without auth: %v, want a password challenge", err)
+	}
+	req.Auth = &AuthDict{Type: stagePassword, Session: ch.Session, User: u.UserID, Password: "wrong"}
+	if _, err := s.AuthorizeUser(ctx, u.UserID, req); !errors.As(err, &ch) || ch.ErrCode != "M_FORBIDDEN" {
+		t.Fatalf("wrong password: %v, want a challenge with M_FORBIDDEN", err)
+	}
+	req.Auth.Password = "pw-1"
+	done, err := s.AuthorizeUser(ctx, u.UserID, req)
+	if err != nil {
+		t.Fatalf("right password: %v", err)
+	}
+	done()
+	// The session is used up once the request succeeded.
+	var mx *mxerr.Error
+	if _, err := s.AuthorizeUser(ctx, u.UserID, req); !errors.As(err, &mx) || mx.Status != http.StatusBadRequest {
+		t.Fatalf("replayed session: %v, want 400", err)
+	}
+	// Another user's password does not authorize this user.
+	other := register(t, s, "pw-2")
+	req = UIARequest{Binding: req.Binding, Auth: &AuthDict{Type: stagePassword, User: other.UserID, Password: "pw-2"}}
+	if _, err := s.AuthorizeUser(ctx, u.UserID, req); !errors.As(err, &ch) || ch.ErrCode != "M_FORBIDDEN" {
+		t.Fatalf("another user's password: %v, want a challenge with M_FORBIDDEN", err)
+	}
+}

@@ -160,6 +160,18 @@ func (s *Service) authorize(ctx context.Context, req UIARequest, userID string, 
 	return nil, s.challenge(ctx, sess, flows, "", "")
 }
 
+// AuthorizeUser is UIA with m.login.password for other areas' requests (for
+// example replacing cross-signing keys). It returns nil once the flow is
+// complete — call done after the request succeeded, so the session cannot be
+// replayed — or a *Challenge while it is not.
+func (s *Service) AuthorizeUser(ctx context.Context, userID string, req UIARequest) (done func(), err error) {
+	sess, err := s.authorize(ctx, req, userID, passwordFlows)
+	if err != nil {
+		return nil, err
+	}
+	return func() { s.finish(context.WithoutCancel(ctx), sess) }, nil
+}
+
 // challenge saves the session (creating it if it is new) and builds the 401.
 func (s *Service) challenge(ctx context.Context, sess *storage.UIASession, flows []Flow, code, msg string) error {
 	if sess.ID == "" {
