@@ -140,6 +140,7 @@ func (n *Node) Run(ctx context.Context) error {
 	clientBase := func(net.Listener) context.Context { return clientapi.ShutdownContext(ctx) }
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
+	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
 	queueCtx, stopQueue := context.WithCancel(ctx)
 	defer func() { stopQueue(); n.Federation.Wait() }()
 	if err := n.Federation.Start(queueCtx); err != nil {

@@ -208,6 +208,32 @@ func TestFederationTransport(t *testing.T) {
 			}
 		})
 
+		t.Run("an m.direct_to_device EDU from B reaches the local user's /sync once", func(t *testing.T) {
+			alice := a.Register(t)
+			since := alice.SyncUntil(t, "", "", func(gjson.Result) bool { return true })
+			edu := map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+				"sender": "@bob:" + p.b.ServerName, "type": "m.test.ping", "message_id": "msg-1",
+				"messages": map[string]any{alice.UserID: map[string]any{alice.DeviceID: map[string]any{"hello": "there"}}},
+			}}
+			for _, txn := range []string{"td1", "td2"} { // the same EDU twice, in two transactions
+				status, body := p.fedDo(t, a, fedtest.SignedRequest(t, bKey, http.MethodPut, dest, sendPath(txn),
+					map[string]any{"pdus": []any{}, "edus": []any{edu}}, a.FedAddr))
+				if status != http.StatusOK {
+					t.Fatalf("%s: %d %s", txn, status, body.Raw)
+				}
+			}
+			var got gjson.Result
+			alice.SyncUntil(t, since, "", func(r gjson.Result) bool {
+				got = r.Get("to_device.events")
+				return len(got.Array()) > 0
+			})
+			evs := got.Array()
+			if len(evs) != 1 || evs[0].Get("type").String() != "m.test.ping" ||
+				evs[0].Get("sender").String() != "@bob:"+p.b.ServerName || evs[0].Get("content.hello").String() != "there" {
+				t.Fatalf("to-device events: %s", got.Raw)
+			}
+		})
+
 		t.Run("node A keeps B's verify key in its database across a restart while B is down", func(t *testing.T) {
 			p.b.Stop(t)
 			a.Restart(t)
