@@ -196,7 +196,7 @@ func TestAccounts(t *testing.T) {
 		t.Run("Devices can be listed and renamed", func(t *testing.T) {
 			u := n.Register(t)
 			devs := u.MustDo(t, "GET", "/_matrix/client/v3/devices", nil, http.StatusOK)
-			if devs.Get("devices.#").Int() != 1 || devs.Get("devices.0.device_id").String() != u.DeviceID {
+			if devs.Get("devices.#").Int() != 1 || devs.Get("devices.0.device_id").String() != u.DeviceID || devs.Get("devices.0.last_seen_ts").Int() <= 0 {
 				t.Fatalf("devices = %s", devs.Raw)
 			}
 			u.MustDo(t, "PUT", Path("devices", u.DeviceID), map[string]any{"display_name": "Crisis laptop"}, http.StatusOK)

@@ -160,9 +160,11 @@ func (s *Service) newDevice(ctx context.Context, userID, deviceID, displayName s
 		return LoginResult{}, err
 	}
 	token := newAccessToken()
+	// last_seen_ts is the login time; the IP is personal data and is not kept.
+	now := s.now().UnixMilli()
 	previous, err := s.store.ReplaceDevice(ctx, storage.Device{
 		UserID: userID, DeviceID: deviceID, DisplayName: displayName,
-		TokenHash: hashToken(token), CreatedTS: s.now().UnixMilli(),
+		TokenHash: hashToken(token), CreatedTS: now, LastSeenTS: now,
 	})
 	if errors.Is(err, storage.ErrNotFound) {
 		return LoginResult{}, mxerr.New(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated")

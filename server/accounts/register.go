@@ -86,7 +86,7 @@ func (s *Service) createAccount(ctx context.Context, password, regTokenHash stri
 		var dev *storage.Device
 		if withDevice {
 			res.DeviceID, res.AccessToken = deviceID, newAccessToken()
-			dev = &storage.Device{UserID: res.UserID, DeviceID: deviceID, DisplayName: deviceName, TokenHash: hashToken(res.AccessToken), CreatedTS: now}
+			dev = &storage.Device{UserID: res.UserID, DeviceID: deviceID, DisplayName: deviceName, TokenHash: hashToken(res.AccessToken), CreatedTS: now, LastSeenTS: now}
 		}
 		err := s.store.CreateAccount(ctx, storage.Account{UserID: res.UserID, PasswordHash: string(hash), CreatedTS: now}, regTokenHash, now, dev)
 		switch {
