@@ -94,11 +94,22 @@ func (a *API) keysChanges(r *http.Request, dev *accounts.Device) (any, error) {
 }
 
 // userAuthorizer is user-interactive auth (m.login.password) for requests
-// of other areas. The accounts service provides it as AuthorizeUser: nil
+// of other areas, if the accounts service offers it under this name: nil
 // error when the flow is complete (then done marks the session used), a
 // *accounts.Challenge while it is not.
 type userAuthorizer interface {
 	AuthorizeUser(ctx context.Context, userID string, uia accounts.UIARequest) (done func(), err error)
+}
+
+// authorizeUser runs password UIA for the user's request. Until accounts
+// offers AuthorizeUser, it goes through DeleteDevices with no devices,
+// which runs the same password flow (session, binding, completion) and
+// deletes nothing.
+func (a *API) authorizeUser(ctx context.Context, userID string, uia accounts.UIARequest) (done func(), err error) {
+	if authz, ok := any(a.Accounts).(userAuthorizer); ok {
+		return authz.AuthorizeUser(ctx, userID, uia)
+	}
+	return func() {}, a.Accounts.DeleteDevices(ctx, userID, nil, uia)
 }
 
 func (a *API) deviceSigningUpload(r *http.Request, dev *accounts.Device) (any, error) {
@@ -118,25 +129,17 @@ func (a *API) deviceSigningUpload(r *http.Request, dev *accounts.Device) (any, e
 		}
 	}
 	ctx := r.Context()
+	done := func() {}
 	// spec: replacing existing cross-signing keys needs UIA; the first
 	// upload (and the same keys again) does not.
-	needsAuth, err := a.Keys.SigningUploadNeedsAuth(ctx, dev.UserID, upload)
-	if err != nil {
-		return nil, err
-	}
-	done := func() {}
-	if needsAuth {
-		authz, ok := any(a.Accounts).(userAuthorizer)
-		if !ok {
-			return nil, mxerr.Forbidden("replacing cross-signing keys needs user-interactive auth, which this node cannot do yet")
-		}
+	authorize := func() error {
 		uia := accounts.UIARequest{Auth: req.Auth, Binding: accounts.Binding("POST", "/keys/device_signing/upload", dev.UserID)}
-		if done, err = authz.AuthorizeUser(ctx, dev.UserID, uia); err != nil {
-			return uiaAnswer(err)
-		}
+		var err error
+		done, err = a.authorizeUser(ctx, dev.UserID, uia)
+		return err
 	}
-	if err := a.Keys.UploadSigningKeys(ctx, dev.UserID, upload); err != nil {
-		return nil, err
+	if err := a.Keys.UploadSigningKeys(ctx, dev.UserID, upload, authorize); err != nil {
+		return uiaAnswer(err)
 	}
 	done()
 	return struct{}{}, nil

@@ -102,9 +102,11 @@ func (s *Service) SigningUploadNeedsAuth(ctx context.Context, userID string, key
 
 // UploadSigningKeys stores the caller's cross-signing keys (type → key).
 // The self-signing and user-signing keys must be signed by the master key
-// (the uploaded one, or else the stored one). The caller checks
-// SigningUploadNeedsAuth first.
-func (s *Service) UploadSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error {
+// (the uploaded one, or else the stored one). Keys are checked first; then,
+// if they replace keys the user has (SigningUploadNeedsAuth), authorize is
+// called (user-interactive auth) and its error returned as is. authorize
+// may be nil when the caller has already authorized the request.
+func (s *Service) UploadSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage, authorize func() error) error {
 	for typ, js := range keys {
 		if isNull(js) {
 			delete(keys, typ)
@@ -149,6 +151,17 @@ func (s *Service) UploadSigningKeys(ctx context.Context, userID string, keys map
 		}
 		if err := verifySignature(js, userID, "ed25519:"+master, master); err != nil {
 			return mxerr.InvalidParam("%s_key: master key signature: %v", typ, err)
+		}
+	}
+	if authorize != nil {
+		need, err := s.SigningUploadNeedsAuth(ctx, userID, keys)
+		if err != nil {
+			return err
+		}
+		if need {
+			if err := authorize(); err != nil {
+				return err
+			}
 		}
 	}
 	stored := map[string]json.RawMessage{}

@@ -211,7 +211,7 @@ func TestQueryShowsUserSigningKeyOnlyToItsOwner(t *testing.T) {
 	if need, err := svc.SigningUploadNeedsAuth(ctx, "@a:x", upload); err != nil || need {
 		t.Fatalf("first upload needs auth = %v, %v", need, err)
 	}
-	if err := svc.UploadSigningKeys(ctx, "@a:x", upload); err != nil {
+	if err := svc.UploadSigningKeys(ctx, "@a:x", upload, nil); err != nil {
 		t.Fatal(err)
 	}
 	if need, _ := svc.SigningUploadNeedsAuth(ctx, "@a:x", crossSigningUpload(t, "@a:x", master, ssk, usk)); need {
@@ -267,19 +267,19 @@ func TestSigningKeysMustBeSignedByTheMasterKey(t *testing.T) {
 	// Signed by another key instead of the master key.
 	forged := crossSigningUpload(t, "@a:x", newSigner(t), ssk, usk)
 	upload["self_signing"] = forged["self_signing"]
-	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", upload), 400, "M_INVALID_PARAM")
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", upload, nil), 400, "M_INVALID_PARAM")
 
 	// A self-signing key alone, with no master key stored, is refused.
 	only := crossSigningUpload(t, "@a:x", master, ssk, usk)
 	delete(only, "master")
-	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", only), 400, "M_INVALID_PARAM")
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", only, nil), 400, "M_INVALID_PARAM")
 
 	// Keys for another user, or with the wrong usage.
 	wrongUser := crossSigningUpload(t, "@b:x", master, ssk, usk)
-	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", wrongUser), 400, "M_INVALID_PARAM")
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", wrongUser, nil), 400, "M_INVALID_PARAM")
 	wrongUsage := crossSigningUpload(t, "@a:x", master, ssk, usk)
 	wrongUsage["master"] = json.RawMessage(strings.Replace(string(wrongUsage["master"]), `"master"`, `"self_signing"`, 1))
-	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", wrongUsage), 400, "M_INVALID_PARAM")
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", wrongUsage, nil), 400, "M_INVALID_PARAM")
 }
 
 func TestSignatureUploadVerifiesEachSignature(t *testing.T) {
@@ -292,11 +292,11 @@ func TestSignatureUploadVerifiesEachSignature(t *testing.T) {
 		t.Fatal(err)
 	}
 	aMaster, aSSK, aUSK := newSigner(t), newSigner(t), newSigner(t)
-	if err := svc.UploadSigningKeys(ctx, "@a:x", crossSigningUpload(t, "@a:x", aMaster, aSSK, aUSK)); err != nil {
+	if err := svc.UploadSigningKeys(ctx, "@a:x", crossSigningUpload(t, "@a:x", aMaster, aSSK, aUSK), nil); err != nil {
 		t.Fatal(err)
 	}
 	bMaster, bSSK, bUSK := newSigner(t), newSigner(t), newSigner(t)
-	if err := svc.UploadSigningKeys(ctx, "@b:x", crossSigningUpload(t, "@b:x", bMaster, bSSK, bUSK)); err != nil {
+	if err := svc.UploadSigningKeys(ctx, "@b:x", crossSigningUpload(t, "@b:x", bMaster, bSSK, bUSK), nil); err != nil {
 		t.Fatal(err)
 	}
 	q, _ := svc.Query(ctx, "@a:x", map[string][]string{"@a:x": {}, "@b:x": {}})
@@ -478,5 +478,38 @@ func TestBackupRules(t *testing.T) {
 	info, err := svc.Backup(ctx, "@a:x", "")
 	if err != nil || info.Version != v2 || info.Count != 1 || string(info.AuthData) != `{"public_key":"new"}` {
 		t.Fatalf("info = %+v, %v", info, err)
+	}
+}
+
+func TestReplacingSigningKeysCallsAuthorize(t *testing.T) {
+	svc, _, _ := newTestService(t)
+	ctx := t.Context()
+	calls := 0
+	deny := func() error { calls++; return mxerr.Forbidden("no") }
+	master, ssk, usk := newSigner(t), newSigner(t), newSigner(t)
+	if err := svc.UploadSigningKeys(ctx, "@a:x", crossSigningUpload(t, "@a:x", master, ssk, usk), deny); err != nil || calls != 0 {
+		t.Fatalf("first upload: %v, authorize called %d times", err, calls)
+	}
+	if err := svc.UploadSigningKeys(ctx, "@a:x", crossSigningUpload(t, "@a:x", master, ssk, usk), deny); err != nil || calls != 0 {
+		t.Fatalf("same keys again: %v, authorize called %d times", err, calls)
+	}
+	// Bad keys are refused before any auth is asked for.
+	bad := crossSigningUpload(t, "@b:x", newSigner(t), ssk, usk)
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", bad, deny), 400, "M_INVALID_PARAM")
+	if calls != 0 {
+		t.Fatal("authorize called for keys that are refused anyway")
+	}
+	replacement := crossSigningUpload(t, "@a:x", newSigner(t), newSigner(t), newSigner(t))
+	wantCode(t, svc.UploadSigningKeys(ctx, "@a:x", replacement, deny), 403, "M_FORBIDDEN")
+	got, _ := svc.Query(ctx, "@a:x", map[string][]string{"@a:x": {}})
+	if crossSigningPublicKey(got.MasterKeys["@a:x"]) != master.pub {
+		t.Fatal("the master key was replaced although authorize refused")
+	}
+	if err := svc.UploadSigningKeys(ctx, "@a:x", replacement, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = svc.Query(ctx, "@a:x", map[string][]string{"@a:x": {}})
+	if crossSigningPublicKey(got.MasterKeys["@a:x"]) == master.pub {
+		t.Fatal("the master key was not replaced after authorization")
 	}
 }
