@@ -276,7 +276,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	var roomAD, roomEph map[string][]json.RawMessage
 	var joinedIDs []string
 	for _, id := range order {
-		if rooms[id].atTo == "join" && !forgotten[id] && rf.allows(id) {
+		if rooms[id].atTo == "join" && rf.allows(id) {
 			joinedIDs = append(joinedIDs, id)
 		}
 	}
@@ -315,7 +315,9 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	}
 	for _, id := range order {
 		rs := rooms[id]
-		if forgotten[id] || !rf.allows(id) {
+		// Forgetting applies to rooms the user is out of; a later invite
+		// or join brings the room back.
+		if (forgotten[id] && (rs.atTo == "leave" || rs.atTo == "ban")) || !rf.allows(id) {
 			continue
 		}
 		switch rs.atTo {
