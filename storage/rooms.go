@@ -1,5 +1,88 @@
 package storage
 
-// RoomStore is what server/rooms keeps.
+import "context"
+
+// RoomStore is what server/rooms keeps: the room graph it writes (events,
+// their content, state snapshots, current state, forward extremities),
+// transaction ids, forgotten rooms, aliases and the room directory.
 type RoomStore interface {
+	// RoomVersion returns the version of a room this node knows;
+	// ErrNotFound otherwise.
+	RoomVersion(ctx context.Context, roomID string) (string, error)
+	// CurrentState returns the room's current state events.
+	CurrentState(ctx context.Context, roomID string) ([]Event, error)
+	// ForwardExtremities returns the room's forward extremities (the
+	// prev_events of its next event) and the greatest depth among them.
+	ForwardExtremities(ctx context.Context, roomID string) (eventIDs []string, maxDepth int64, err error)
+	// Event returns one event by id; ErrNotFound if unknown.
+	Event(ctx context.Context, eventID string) (Event, error)
+	// EventByTxn returns the event a device sent with a transaction id;
+	// ErrNotFound if there is none.
+	EventByTxn(ctx context.Context, userID, deviceID, txnID string) (Event, error)
+	// PersistEvents stores events of one room, in order, in one
+	// transaction, and returns their nids. A txn id already used by the
+	// device gives ErrConflict and nothing is stored.
+	PersistEvents(ctx context.Context, evs []NewEvent) ([]int64, error)
+	// JoinedMembers lists the users whose current membership is join.
+	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
+	// Membership returns the user's current membership ("" if none).
+	Membership(ctx context.Context, roomID, userID string) (string, error)
+	// Forget records that the user forgot the room.
+	Forget(ctx context.Context, userID, roomID string) error
+
+	// CreateAlias maps alias to roomID; ErrConflict if it is taken.
+	CreateAlias(ctx context.Context, a Alias) error
+	// Alias returns an alias; ErrNotFound if unknown.
+	Alias(ctx context.Context, alias string) (Alias, error)
+	// DeleteAlias removes an alias; ErrNotFound if unknown.
+	DeleteAlias(ctx context.Context, alias string) error
+	// RoomAliases lists a room's aliases, sorted.
+	RoomAliases(ctx context.Context, roomID string) ([]string, error)
+
+	// SetPublic publishes the room in the room directory (or withdraws it).
+	SetPublic(ctx context.Context, roomID string, public bool) error
+	// IsPublic tells whether the room is published.
+	IsPublic(ctx context.Context, roomID string) (bool, error)
+	// PublicRooms lists the published rooms, sorted by id.
+	PublicRooms(ctx context.Context) ([]string, error)
+}
+
+// NewEvent is one event for PersistEvents.
+type NewEvent struct {
+	EventID        string
+	RoomID         string
+	Type           string
+	StateKey       *string
+	Sender         string
+	OriginServerTS int64
+	Depth          int64
+	// Skeleton is the redacted form of the event (the room version's
+	// redaction algorithm); Content its content, canonical JSON.
+	Skeleton []byte
+	Content  []byte
+	// Membership is content.membership of an m.room.member event; a join,
+	// invite or knock clears the target's forgotten mark on the room.
+	Membership string
+	// PrevEvents replace the forward extremities they reference; the event
+	// becomes one.
+	PrevEvents []string
+	// TxnUserID/TxnDeviceID/TxnID: the local device's transaction id, if any.
+	TxnUserID, TxnDeviceID, TxnID string
+	// Redacts is the event this m.room.redaction redacts: it is marked
+	// redacted and its content deleted (when it is in the same room).
+	Redacts string
+	// NewRoom creates the room (the create event), with this version.
+	NewRoom *NewRoom
+}
+
+// NewRoom is the room row a create event makes.
+type NewRoom struct {
+	Version string
+	Public  bool
+}
+
+// Alias is a local room alias.
+type Alias struct {
+	Alias, RoomID, Creator string
+	CreatedTS              int64
 }
