@@ -67,6 +67,7 @@ type loginResponse struct {
 	AccessToken string `json:"access_token,omitempty"`
 	DeviceID    string `json:"device_id,omitempty"`
 	HomeServer  string `json:"home_server,omitempty"` // deprecated in the spec, still read by older clients
+	WellKnown   any    `json:"well_known,omitempty"`
 }
 
 func (a *API) loginFlows(*http.Request, *accounts.Device) (any, error) {
@@ -109,7 +110,12 @@ func (a *API) login(r *http.Request, _ *accounts.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loginResponse{UserID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, HomeServer: a.Config.ServerName}, nil
+	resp := loginResponse{UserID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, HomeServer: a.Config.ServerName}
+	// Only an operator-set public URL is worth telling a client to switch to.
+	if base := a.Config.Client.PublicBaseURL; base != "" {
+		resp.WellKnown = map[string]any{"m.homeserver": map[string]string{"base_url": base}}
+	}
+	return resp, nil
 }
 
 func (a *API) logout(r *http.Request, dev *accounts.Device) (any, error) {
