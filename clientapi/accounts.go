@@ -25,6 +25,7 @@ func (a *API) registerAccounts(v3, v1 *mux.Router) {
 	v3.Handle("/account/whoami", a.authed(a.whoami)).Methods(http.MethodGet)
 	v3.Handle("/account/password", a.authed(a.changePassword)).Methods(http.MethodPost)
 	v3.Handle("/account/deactivate", a.authed(a.deactivate)).Methods(http.MethodPost)
+	v3.Handle("/account/3pid", a.authed(a.threePIDs)).Methods(http.MethodGet)
 	v3.Handle("/register", a.public(a.register)).Methods(http.MethodPost)
 	v3.Handle("/register/available", a.public(a.usernameAvailable)).Methods(http.MethodGet)
 	v1.Handle("/register/m.login.registration_token/validity", a.public(a.registrationTokenValidity)).Methods(http.MethodGet)
@@ -161,6 +162,12 @@ func (a *API) deactivate(r *http.Request, dev *accounts.Device) (any, error) {
 	}
 	// No third-party identifiers are ever bound here.
 	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+}
+
+// threePIDs: accounts here have no third-party identifiers (no e-mail, and
+// phone numbers are only kept hashed by the directory), so the list is empty.
+func (a *API) threePIDs(*http.Request, *accounts.Device) (any, error) {
+	return map[string]any{"threepids": []any{}}, nil
 }
 
 func (a *API) register(r *http.Request, _ *accounts.Device) (any, error) {

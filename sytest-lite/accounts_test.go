@@ -40,6 +40,9 @@ func TestAccounts(t *testing.T) {
 				t.Fatalf("register = %s", body.Raw)
 			}
 			c := &Client{Node: n, HTTP: anon.HTTP, AccessToken: body.Get("access_token").String()}
+			if tp := c.MustDo(t, "GET", "/_matrix/client/v3/account/3pid", nil, http.StatusOK); !tp.Get("threepids").IsArray() || len(tp.Get("threepids").Array()) != 0 {
+				t.Fatalf("GET /account/3pid = %s", tp.Raw)
+			}
 			who := c.MustDo(t, "GET", "/_matrix/client/v3/account/whoami", nil, http.StatusOK)
 			if who.Get("user_id").String() != body.Get("user_id").String() || who.Get("device_id").String() != "MYPHONE" || who.Get("is_guest").Bool() {
 				t.Fatalf("whoami = %s", who.Raw)
