@@ -40,6 +40,9 @@ func TestAccounts(t *testing.T) {
 				t.Fatalf("register = %s", body.Raw)
 			}
 			c := &Client{Node: n, HTTP: anon.HTTP, AccessToken: body.Get("access_token").String()}
+			if d := c.MustDo(t, "GET", Path("devices", "MYPHONE"), nil, http.StatusOK); d.Get("display_name").String() != "Phone" {
+				t.Fatalf("initial_device_display_name not kept: %s", d.Raw)
+			}
 			if tp := c.MustDo(t, "GET", "/_matrix/client/v3/account/3pid", nil, http.StatusOK); !tp.Get("threepids").IsArray() || len(tp.Get("threepids").Array()) != 0 {
 				t.Fatalf("GET /account/3pid = %s", tp.Raw)
 			}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -277,15 +278,24 @@ func (s *Service) DeleteDevices(ctx context.Context, userID string, deviceIDs []
 	if err != nil {
 		return err
 	}
-	for _, id := range deviceIDs {
-		err := s.store.DeleteDevice(ctx, userID, id)
-		if errors.Is(err, storage.ErrNotFound) {
+	// Walk the user's devices (at most one), not the client's list, so a
+	// long list costs one read rather than a write per entry.
+	devs, err := s.store.Devices(ctx, userID)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if !slices.Contains(deviceIDs, d.DeviceID) {
 			continue
+		}
+		err := s.store.DeleteDevice(ctx, userID, d.DeviceID)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // gone meanwhile
 		}
 		if err != nil {
 			return err
 		}
-		s.deviceRemoved(ctx, userID, id)
+		s.deviceRemoved(ctx, userID, d.DeviceID)
 	}
 	s.finish(ctx, sess)
 	return nil
