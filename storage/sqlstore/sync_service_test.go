@@ -301,6 +301,12 @@ func TestSyncService(t *testing.T) {
 			if strings.Contains(il.Get("rooms").Raw, "!room:x") {
 				t.Error("a forgotten room appeared")
 			}
+			// Rejoining brings a forgotten room back.
+			r.member("@carol:x", "join")
+			if res := doSync(t, svc, sync.Request{UserID: "@carol:x", DeviceID: "C"}); !res.Get(`rooms.join.!room:x`).Exists() {
+				t.Error("a forgotten room stayed hidden after rejoining")
+			}
+			r.member("@carol:x", "leave")
 		})
 
 		t.Run("an invite shows stripped state including the invite", func(t *testing.T) {
