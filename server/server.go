@@ -73,7 +73,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
 	}, log.WithField("component", "accounts"), n.Keys)
-	n.Rooms = rooms.New(store.Rooms(), key, notifier, log.WithField("component", "rooms"))
+	n.Rooms = rooms.New(store.Rooms(), key, notifier, n.Accounts, log.WithField("component", "rooms"))
 	n.Media = media.New(store.Media(), media.Config{
 		ServerName: cfg.ServerName,
 		Dir:        filepath.Join(cfg.DataDir, "media"),

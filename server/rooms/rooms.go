@@ -3,8 +3,21 @@
 package rooms
 
 import (
-	"github.com/sirupsen/logrus"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"sync"
+	"time"
 
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
+
+	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/server/signing"
 	"github.com/trustcase/node/storage"
 )
@@ -14,17 +27,28 @@ type Waker interface {
 	Wake(userIDs ...string)
 }
 
+// Profiles gives the display name and avatar a join event carries
+// (*accounts.Service implements it); storage.ErrNotFound for unknown users.
+type Profiles interface {
+	Profile(ctx context.Context, userID string) (displayName, avatarURL string, err error)
+}
+
 // Service is the rooms domain.
 type Service struct {
-	store storage.RoomStore
-	key   signing.Key
-	waker Waker
-	log   logrus.FieldLogger
+	store    storage.RoomStore
+	key      signing.Key
+	waker    Waker
+	profiles Profiles
+	log      logrus.FieldLogger
+	now      func() time.Time
+	// locks serialise building and persisting per room (striped), so two
+	// concurrent sends never share prev_events.
+	locks [64]sync.Mutex
 }
 
 // New builds the rooms service.
-func New(store storage.RoomStore, key signing.Key, waker Waker, log logrus.FieldLogger) *Service {
-	return &Service{store: store, key: key, waker: waker, log: log}
+func New(store storage.RoomStore, key signing.Key, waker Waker, profiles Profiles, log logrus.FieldLogger) *Service {
+	return &Service{store: store, key: key, waker: waker, profiles: profiles, log: log, now: time.Now}
 }
 
 // SupportedVersions lists the room versions this node creates and joins.
@@ -32,3 +56,272 @@ func (s *Service) SupportedVersions() []string { return []string{"10", "11", "12
 
 // DefaultVersion is the version createRoom uses when none is asked for.
 func (s *Service) DefaultVersion() string { return "11" }
+
+func (s *Service) supported(v string) bool {
+	for _, sv := range s.SupportedVersions() {
+		if sv == v {
+			return true
+		}
+	}
+	return false
+}
+
+// RoomVersion returns the version of a room this node knows;
+// storage.ErrNotFound otherwise.
+func (s *Service) RoomVersion(ctx context.Context, roomID string) (string, error) {
+	return s.store.RoomVersion(ctx, roomID)
+}
+
+func (s *Service) lock(roomID string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(roomID))
+	m := &s.locks[h.Sum32()%uint32(len(s.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// userIDForSender: this node knows no pseudonymous sender ids.
+func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
+	return spec.NewUserID(string(senderID), true)
+}
+
+// draft is a room being written to: its state and extremities in memory, and
+// the events built on them, persisted together.
+type draft struct {
+	s       *Service
+	verImpl gomatrixserverlib.IRoomVersion
+	roomID  string
+	state   *gomatrixserverlib.AuthEvents
+	members map[string]string // user -> membership, current
+	prev    []string
+	depth   int64
+	out     []storage.NewEvent
+	built   []gomatrixserverlib.PDU
+	newRoom *storage.NewRoom
+}
+
+// newDraft starts a new room (no events yet).
+func (s *Service) newDraft(version string, public bool) (*draft, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil || !s.supported(version) {
+		return nil, mxerr.New(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported (supported: 10, 11, 12)", version)
+	}
+	state, _ := gomatrixserverlib.NewAuthEvents(nil)
+	return &draft{s: s, verImpl: verImpl, state: state, members: map[string]string{},
+		newRoom: &storage.NewRoom{Version: version, Public: public}}, nil
+}
+
+// loadDraft reads an existing room's state. The caller holds the room lock.
+func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) {
+	version, err := s.store.RoomVersion(ctx, roomID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		return nil, fmt.Errorf("room %s has version %q: %w", roomID, version, err)
+	}
+	evs, err := s.store.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	d := &draft{s: s, verImpl: verImpl, roomID: roomID, members: map[string]string{}}
+	d.state, _ = gomatrixserverlib.NewAuthEvents(nil)
+	for _, ev := range evs {
+		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, ev.ContentPurged)
+		if err != nil {
+			return nil, fmt.Errorf("loading state event %s: %w", ev.EventID, err)
+		}
+		if err := d.state.AddEvent(pdu); err != nil {
+			return nil, err
+		}
+		if pdu.Type() == spec.MRoomMember {
+			m, _ := pdu.Membership()
+			d.members[*pdu.StateKey()] = m
+		}
+	}
+	d.prev, d.depth, err = s.store.ForwardExtremities(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// stateEvent returns the current state event for (type, stateKey), or nil.
+func (d *draft) stateEvent(typ, stateKey string) gomatrixserverlib.PDU {
+	var pdu gomatrixserverlib.PDU
+	switch typ {
+	case spec.MRoomCreate:
+		pdu, _ = d.state.Create()
+	case spec.MRoomPowerLevels:
+		pdu, _ = d.state.PowerLevels()
+	case spec.MRoomJoinRules:
+		pdu, _ = d.state.JoinRules()
+	case spec.MRoomMember:
+		pdu, _ = d.state.Member(spec.SenderID(stateKey))
+	}
+	return pdu
+}
+
+// txn is a client transaction id to record with an event.
+type txn struct{ userID, deviceID, txnID string }
+
+// add builds, signs and authorises one event on top of the draft. An event
+// the auth rules refuse is 403 M_FORBIDDEN with the reason; nothing is kept.
+func (d *draft) add(sender, typ string, stateKey *string, content any, redacts string, t *txn) (gomatrixserverlib.PDU, error) {
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, fmt.Errorf("encoding content: %w", err)
+	}
+	proto := gomatrixserverlib.ProtoEvent{
+		SenderID:   sender,
+		RoomID:     d.roomID,
+		Type:       typ,
+		StateKey:   stateKey,
+		PrevEvents: append([]string{}, d.prev...),
+		Depth:      d.depth + 1,
+		Content:    raw,
+		Redacts:    redacts,
+	}
+	eb := d.verImpl.NewEventBuilderFromProtoEvent(&proto)
+	if typ == spec.MRoomCreate {
+		eb.AuthEvents = []string{}
+	} else if err := eb.AddAuthEvents(d.state); err != nil {
+		return nil, mxerr.BadJSON("%v", err)
+	}
+	k := d.s.key
+	ev, err := eb.Build(d.s.now(), k.ServerName, k.KeyID, k.Private)
+	if err != nil {
+		return nil, mxerr.BadJSON("building the event: %v", err)
+	}
+	if len(ev.JSON()) > 65536 { // spec: events must not exceed 64 KiB
+		return nil, mxerr.TooLarge("event is larger than 65536 bytes")
+	}
+	if err := gomatrixserverlib.Allowed(ev, d.state, userIDForSender); err != nil {
+		var na *gomatrixserverlib.NotAllowed
+		if errors.As(err, &na) {
+			return nil, mxerr.Forbidden("%s", na.Message)
+		}
+		return nil, mxerr.Forbidden("%v", err)
+	}
+	skeleton, err := d.verImpl.RedactEventJSON(ev.JSON())
+	if err != nil {
+		return nil, fmt.Errorf("redacting %s: %w", ev.EventID(), err)
+	}
+	if d.roomID == "" {
+		d.roomID = ev.RoomID().String()
+	}
+	ne := storage.NewEvent{
+		EventID:        ev.EventID(),
+		RoomID:         d.roomID,
+		Type:           typ,
+		StateKey:       stateKey,
+		Sender:         sender,
+		OriginServerTS: int64(ev.OriginServerTS()),
+		Depth:          ev.Depth(),
+		Skeleton:       skeleton,
+		Content:        ev.Content(),
+		PrevEvents:     d.prev,
+		Redacts:        redacts,
+	}
+	if len(d.out) == 0 {
+		ne.NewRoom = d.newRoom
+	}
+	if t != nil {
+		ne.TxnUserID, ne.TxnDeviceID, ne.TxnID = t.userID, t.deviceID, t.txnID
+	}
+	if stateKey != nil {
+		if err := d.state.AddEvent(ev); err != nil {
+			return nil, err
+		}
+		if typ == spec.MRoomMember {
+			ne.Membership, _ = ev.Membership()
+			d.members[*stateKey] = ne.Membership
+		}
+	}
+	d.out = append(d.out, ne)
+	d.built = append(d.built, ev)
+	d.prev = []string{ev.EventID()}
+	d.depth = ev.Depth()
+	return ev, nil
+}
+
+// commit persists the draft's events in one transaction, then wakes the
+// joined members and everyone whose membership changed.
+func (d *draft) commit(ctx context.Context) error {
+	if len(d.out) == 0 {
+		return nil
+	}
+	if _, err := d.s.store.PersistEvents(ctx, d.out); err != nil {
+		return err
+	}
+	wake := map[string]bool{}
+	for u, m := range d.members {
+		if m == spec.Join {
+			wake[u] = true
+		}
+	}
+	for _, ev := range d.out {
+		if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+			wake[*ev.StateKey] = true
+		}
+	}
+	users := make([]string, 0, len(wake))
+	for u := range wake {
+		users = append(users, u)
+	}
+	if d.s.waker != nil {
+		d.s.waker.Wake(users...)
+	}
+	return nil
+}
+
+// powerLevels returns the room's power levels content (the defaults when
+// the room has none).
+func (d *draft) powerLevels() gomatrixserverlib.PowerLevelContent {
+	creator := ""
+	if c, _ := d.state.Create(); c != nil {
+		creator = string(c.SenderID())
+	}
+	pl, err := gomatrixserverlib.NewPowerLevelContentFromAuthEvents(d.state, creator)
+	if err != nil {
+		pl.Defaults()
+	}
+	return pl
+}
+
+// userLevel is the user's power level; privileged creators (room v12) are
+// above every level.
+func (d *draft) userLevel(userID string) int64 {
+	if d.verImpl.PrivilegedCreators() {
+		if c, _ := d.state.Create(); c != nil {
+			for _, cr := range gomatrixserverlib.CreatorsFromCreateEvent(c) {
+				if cr == userID {
+					return 1 << 53
+				}
+			}
+		}
+	}
+	pl := d.powerLevels()
+	return pl.UserLevel(spec.SenderID(userID))
+}
+
+// isCreator tells whether the user created the room (or is an additional
+// creator in room v12).
+func (d *draft) isCreator(userID string) bool {
+	c, _ := d.state.Create()
+	if c == nil {
+		return false
+	}
+	for _, cr := range gomatrixserverlib.CreatorsFromCreateEvent(c) {
+		if cr == userID {
+			return true
+		}
+	}
+	return string(c.SenderID()) == userID
+}
+
+func contentOf(ev storage.Event) gjson.Result { return gjson.GetBytes(ev.JSON, "content") }

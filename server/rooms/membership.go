@@ -1,0 +1,202 @@
+package rooms
+
+import (
+	"context"
+	"errors"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/server/mxerr"
+	"github.com/trustcase/node/storage"
+)
+
+// checkRoomID validates room id grammar (400 M_INVALID_PARAM).
+func checkRoomID(roomID string) error {
+	if _, err := spec.NewRoomID(roomID); err != nil || len(roomID) > 255 {
+		return mxerr.InvalidParam("%q is not a valid room id", roomID)
+	}
+	return nil
+}
+
+func checkUserID(userID string) error {
+	if _, err := spec.NewUserID(userID, true); err != nil {
+		return mxerr.InvalidParam("%q is not a valid user id", userID)
+	}
+	return nil
+}
+
+// Join joins userID to a room by id or by (local) alias and returns the
+// room id. Joining a room this node is not in needs federation.
+func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string) (string, error) {
+	roomID := roomIDOrAlias
+	if len(roomIDOrAlias) > 0 && roomIDOrAlias[0] == '#' {
+		a, err := s.resolve(ctx, roomIDOrAlias)
+		if err != nil {
+			return "", err
+		}
+		roomID = a
+	} else if err := checkRoomID(roomID); err != nil {
+		return "", mxerr.InvalidParam("%q is neither a room id nor a room alias", roomIDOrAlias)
+	}
+	unlock := s.lock(roomID)
+	defer unlock()
+	d, err := s.loadDraft(ctx, roomID)
+	if err != nil {
+		var mx *mxerr.Error
+		if errors.As(err, &mx) && mx.Code == "M_NOT_FOUND" {
+			return "", mxerr.NotFound("room %s is not known to this server (joining over federation is not supported yet)", roomID)
+		}
+		return "", err
+	}
+	if d.members[userID] == spec.Join {
+		return roomID, nil // already joined: nothing changes
+	}
+	content := map[string]any{"membership": spec.Join}
+	s.addProfile(ctx, userID, content)
+	if reason != "" {
+		content["reason"] = reason
+	}
+	if _, err := d.add(userID, spec.MRoomMember, ptr(userID), content, "", nil); err != nil {
+		return "", err
+	}
+	return roomID, d.commit(ctx)
+}
+
+// Invite invites a local user.
+func (s *Service) Invite(ctx context.Context, sender, roomID, target, reason string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	if err := s.checkInvitee(ctx, target); err != nil {
+		return err
+	}
+	return s.changeMembership(ctx, sender, roomID, target, spec.Invite, reason, func(d *draft, content map[string]any) error {
+		switch d.members[target] {
+		case spec.Join:
+			return mxerr.Forbidden("%s is already in the room", target)
+		case spec.Ban:
+			return mxerr.Forbidden("%s is banned from the room", target)
+		case spec.Invite:
+			return errNoChange
+		}
+		s.addProfile(ctx, target, content)
+		return nil
+	})
+}
+
+// Leave makes userID leave the room (or reject an invite).
+func (s *Service) Leave(ctx context.Context, userID, roomID, reason string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	return s.changeMembership(ctx, userID, roomID, userID, spec.Leave, reason, func(d *draft, _ map[string]any) error {
+		switch d.members[userID] {
+		case spec.Join, spec.Invite, spec.Knock:
+			return nil
+		case spec.Leave, spec.Ban:
+			return errNoChange
+		}
+		return mxerr.Forbidden("you are not in room %s", roomID)
+	})
+}
+
+// Kick removes another member.
+func (s *Service) Kick(ctx context.Context, sender, roomID, target, reason string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	if err := checkUserID(target); err != nil {
+		return err
+	}
+	return s.changeMembership(ctx, sender, roomID, target, spec.Leave, reason, func(d *draft, _ map[string]any) error {
+		switch d.members[target] {
+		case spec.Join, spec.Invite, spec.Knock:
+			return nil
+		}
+		return mxerr.Forbidden("%s is not in the room", target)
+	})
+}
+
+// Ban bans a user.
+func (s *Service) Ban(ctx context.Context, sender, roomID, target, reason string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	if err := checkUserID(target); err != nil {
+		return err
+	}
+	return s.changeMembership(ctx, sender, roomID, target, spec.Ban, reason, nil)
+}
+
+// Unban lifts a ban (the user's membership becomes leave).
+func (s *Service) Unban(ctx context.Context, sender, roomID, target, reason string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	if err := checkUserID(target); err != nil {
+		return err
+	}
+	return s.changeMembership(ctx, sender, roomID, target, spec.Leave, reason, func(d *draft, _ map[string]any) error {
+		if d.members[target] != spec.Ban {
+			return mxerr.Forbidden("%s is not banned", target)
+		}
+		return nil
+	})
+}
+
+// Forget hides a room the user has left from them.
+func (s *Service) Forget(ctx context.Context, userID, roomID string) error {
+	if err := checkRoomID(roomID); err != nil {
+		return err
+	}
+	if _, err := s.store.RoomVersion(ctx, roomID); errors.Is(err, storage.ErrNotFound) {
+		return mxerr.NotFound("room %s is not known to this server", roomID)
+	} else if err != nil {
+		return err
+	}
+	m, err := s.store.Membership(ctx, roomID, userID)
+	if err != nil {
+		return err
+	}
+	switch m {
+	case spec.Join, spec.Invite, spec.Knock:
+		return mxerr.Unknown("you must leave room %s before forgetting it", roomID)
+	}
+	if err := s.store.Forget(ctx, userID, roomID); err != nil {
+		return err
+	}
+	if s.waker != nil {
+		s.waker.Wake(userID)
+	}
+	return nil
+}
+
+var errNoChange = errors.New("no change")
+
+// changeMembership sends one m.room.member event for target. check (if
+// any) sees the room first and may refuse, fill the content, or say that
+// nothing needs to change (errNoChange).
+func (s *Service) changeMembership(ctx context.Context, sender, roomID, target, membership, reason string,
+	check func(d *draft, content map[string]any) error) error {
+	unlock := s.lock(roomID)
+	defer unlock()
+	d, err := s.loadDraft(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	content := map[string]any{"membership": membership}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	if check != nil {
+		if err := check(d, content); errors.Is(err, errNoChange) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	if _, err := d.add(sender, spec.MRoomMember, ptr(target), content, "", nil); err != nil {
+		return err
+	}
+	return d.commit(ctx)
+}
