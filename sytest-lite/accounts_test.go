@@ -276,6 +276,15 @@ func TestAccounts(t *testing.T) {
 			anon.MustFail(t, "POST", "/_matrix/client/v3/register", map[string]any{"password": true}, http.StatusBadRequest, "M_BAD_JSON")
 			anon.MustFail(t, "POST", "/_matrix/client/v3/register", map[string]any{"password": "x", "auth": "dummy"}, http.StatusBadRequest, "M_BAD_JSON")
 			u := n.Register(t)
+			anon.MustFail(t, "POST", "/_matrix/client/v3/login", map[string]any{
+				"type": "m.login.password", "user": u.UserID, "password": u.Password, "device_id": "has space",
+			}, http.StatusBadRequest, "M_INVALID_PARAM")
+			anon.MustFail(t, "POST", "/_matrix/client/v3/register", map[string]any{
+				"password": "pw-12345678", "initial_device_display_name": strings.Repeat("x", 1001), "auth": map[string]any{"type": "m.login.dummy"},
+			}, http.StatusBadRequest, "M_INVALID_PARAM")
+			u.MustFail(t, "PUT", Path("devices", u.DeviceID), map[string]any{"display_name": strings.Repeat("x", 1001)}, http.StatusBadRequest, "M_INVALID_PARAM")
+			// None of the refused requests replaced the device.
+			u.MustDo(t, "GET", "/_matrix/client/v3/account/whoami", nil, http.StatusOK)
 			u.MustFail(t, "POST", "/_matrix/client/v3/delete_devices", map[string]any{}, http.StatusBadRequest, "M_MISSING_PARAM")
 			u.MustFail(t, "POST", "/_matrix/client/v3/account/password", map[string]any{}, http.StatusBadRequest, "M_MISSING_PARAM")
 			u.MustFail(t, "POST", "/_matrix/client/v3/account/password", map[string]any{

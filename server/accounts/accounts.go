@@ -160,6 +160,9 @@ func (s *Service) newDevice(ctx context.Context, userID, deviceID, displayName s
 	} else if err := validDeviceID(deviceID); err != nil {
 		return LoginResult{}, err
 	}
+	if err := validDeviceName(displayName, "initial_device_display_name"); err != nil {
+		return LoginResult{}, err
+	}
 	token := newAccessToken()
 	// last_seen_ts is the login time; the IP is personal data and is not kept.
 	now := s.now().UnixMilli()
@@ -181,6 +184,16 @@ func (s *Service) newDevice(ctx context.Context, userID, deviceID, displayName s
 	s.log.WithFields(logrus.Fields{"user_id": userID, "device_id": deviceID}).Info("new device")
 	return LoginResult{UserID: userID, DeviceID: deviceID, AccessToken: token}, nil
 }
+
+func validDeviceName(name, field string) error {
+	if len(name) > maxDeviceName {
+		return mxerr.InvalidParam("%s is longer than %d bytes", field, maxDeviceName)
+	}
+	return nil
+}
+
+// maxDeviceName bounds a device's display name.
+const maxDeviceName = 1000
 
 func validDeviceID(id string) error {
 	if len(id) > 255 {
@@ -265,8 +278,8 @@ func (s *Service) Device(ctx context.Context, userID, deviceID string) (DeviceIn
 
 // SetDeviceDisplayName renames one of the user's devices.
 func (s *Service) SetDeviceDisplayName(ctx context.Context, userID, deviceID, name string) error {
-	if len(name) > 1000 {
-		return mxerr.InvalidParam("display_name is longer than 1000 bytes")
+	if err := validDeviceName(name, "display_name"); err != nil {
+		return err
 	}
 	return s.store.SetDeviceDisplayName(ctx, userID, deviceID, name)
 }

@@ -57,6 +57,9 @@ func (s *Service) Register(ctx context.Context, r Registration) (LoginResult, er
 				return LoginResult{}, err
 			}
 		}
+		if err := validDeviceName(r.InitialDeviceDisplayName, "initial_device_display_name"); err != nil {
+			return LoginResult{}, err
+		}
 	}
 	sess, err := s.authorize(ctx, r.UIA, "", s.RegistrationFlows())
 	if err != nil {
