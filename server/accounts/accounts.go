@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -61,11 +62,37 @@ type Service struct {
 
 	dummyOnce sync.Once
 	dummyHash []byte
+	// hashSlots bounds concurrent bcrypt work: each hash is tens of
+	// milliseconds of CPU, and a burst of logins must not starve every
+	// other request of the cores.
+	hashSlots chan struct{}
 }
 
 // New builds the accounts service. observer may be nil.
 func New(store storage.AccountStore, cfg Config, log logrus.FieldLogger, observer DeviceObserver) *Service {
-	return &Service{store: store, cfg: cfg, log: log, observer: observer, now: time.Now}
+	return &Service{store: store, cfg: cfg, log: log, observer: observer, now: time.Now,
+		hashSlots: make(chan struct{}, max(1, runtime.NumCPU()))}
+}
+
+// hashing waits for a bcrypt slot; release it when the hash is done.
+func (s *Service) hashing(ctx context.Context) (release func(), err error) {
+	select {
+	case s.hashSlots <- struct{}{}:
+		return func() { <-s.hashSlots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// hashPassword is bcrypt at bcryptCost, within a slot.
+func (s *Service) hashPassword(ctx context.Context, password string) (string, error) {
+	release, err := s.hashing(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcryptCost)
+	return string(hash), err
 }
 
 // LoginResult is what a login (or a registration that logs in) hands out.
@@ -103,6 +130,11 @@ func (s *Service) Login(ctx context.Context, user, password, deviceID, displayNa
 // and wrong passwords give the same 403 after the same bcrypt work.
 func (s *Service) checkPassword(ctx context.Context, user, password string) (string, error) {
 	wrong := mxerr.Forbidden("invalid username or password")
+	release, err := s.hashing(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	userID, ok := s.resolveUser(user)
 	if !ok {
 		s.burnBcrypt(password)
@@ -324,11 +356,11 @@ func (s *Service) ChangePassword(ctx context.Context, userID, newPassword string
 	if err != nil {
 		return err
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(newPassword), bcryptCost)
+	hash, err := s.hashPassword(ctx, newPassword)
 	if err != nil {
 		return err
 	}
-	if err := s.store.SetPasswordHash(ctx, userID, string(hash)); err != nil {
+	if err := s.store.SetPasswordHash(ctx, userID, hash); err != nil {
 		return err
 	}
 	s.finish(ctx, sess)

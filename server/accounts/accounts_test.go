@@ -249,3 +249,22 @@ func TestAuthorizeUserForOtherAreas(t *testing.T) {
 		t.Fatalf("another user's password: %v, want a challenge with M_FORBIDDEN", err)
 	}
 }
+
+func TestBcryptWaitsForASlotAndGivesUpWithTheRequest(t *testing.T) {
+	s, _, _ := newService(t, "open", nil)
+	u := register(t, s, "pw-1")
+	s.hashSlots = make(chan struct{}, 1)
+	s.hashSlots <- struct{}{} // every slot busy
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := s.Login(ctx, u.UserID, "pw-1", "", ""); !errors.Is(err, context.Canceled) {
+		t.Fatalf("login with no free slot and a cancelled request: %v, want context.Canceled", err)
+	}
+	<-s.hashSlots
+	if _, err := s.Login(t.Context(), u.UserID, "pw-1", "", ""); err != nil {
+		t.Fatalf("login with a free slot: %v", err)
+	}
+	if len(s.hashSlots) != 0 {
+		t.Fatal("the login did not give its slot back")
+	}
+}

@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
 )
@@ -76,7 +74,7 @@ func (s *Service) Register(ctx context.Context, r Registration) (LoginResult, er
 // createAccount inserts an account with a fresh ID, retrying on the rare
 // collision, and its first device when withDevice.
 func (s *Service) createAccount(ctx context.Context, password, regTokenHash string, withDevice bool, deviceID, deviceName string) (LoginResult, error) {
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcryptCost)
+	hash, err := s.hashPassword(ctx, password)
 	if err != nil {
 		return LoginResult{}, err
 	}
@@ -91,7 +89,7 @@ func (s *Service) createAccount(ctx context.Context, password, regTokenHash stri
 			res.DeviceID, res.AccessToken = deviceID, newAccessToken()
 			dev = &storage.Device{UserID: res.UserID, DeviceID: deviceID, DisplayName: deviceName, TokenHash: hashToken(res.AccessToken), CreatedTS: now, LastSeenTS: now}
 		}
-		err := s.store.CreateAccount(ctx, storage.Account{UserID: res.UserID, PasswordHash: string(hash), CreatedTS: now}, regTokenHash, now, dev)
+		err := s.store.CreateAccount(ctx, storage.Account{UserID: res.UserID, PasswordHash: hash, CreatedTS: now}, regTokenHash, now, dev)
 		switch {
 		case err == nil:
 			s.log.WithField("user_id", res.UserID).Info("account registered")
