@@ -242,6 +242,11 @@ func TestAccounts(t *testing.T) {
 			if got.Get("displayname").String() != "enc:QUJD" {
 				t.Fatalf("displayname = %s", got.Raw)
 			}
+			// People type the IDs they see, upper case.
+			upper := strings.ToUpper(u.UserID[:9]) + u.UserID[9:]
+			if got := other.MustDo(t, "GET", Path("profile", upper, "displayname"), nil, http.StatusOK); got.Get("displayname").String() != "enc:QUJD" {
+				t.Fatalf("displayname via %s = %s", upper, got.Raw)
+			}
 			all := other.MustDo(t, "GET", Path("profile", u.UserID), nil, http.StatusOK)
 			if all.Get("displayname").String() != "enc:QUJD" || all.Get("avatar_url").String() != "mxc://"+n.ServerName+"/abc" {
 				t.Fatalf("profile = %s", all.Raw)

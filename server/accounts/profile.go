@@ -37,6 +37,7 @@ func (s *Service) Profile(ctx context.Context, userID string) (displayName, avat
 // ProfileFields returns every field of a local user's profile;
 // storage.ErrNotFound for an unknown, remote or deactivated user.
 func (s *Service) ProfileFields(ctx context.Context, userID string) (map[string]json.RawMessage, error) {
+	userID = s.canonicalUserID(userID)
 	if err := s.localUser(ctx, userID); err != nil {
 		return nil, err
 	}
@@ -69,6 +70,7 @@ func (s *Service) ProfileField(ctx context.Context, userID, field string) (json.
 
 // SetProfileField sets a field of the caller's own profile.
 func (s *Service) SetProfileField(ctx context.Context, dev *Device, userID, field string, value json.RawMessage) error {
+	userID = s.canonicalUserID(userID)
 	if err := s.ownProfile(ctx, dev, userID, field); err != nil {
 		return err
 	}
@@ -94,6 +96,7 @@ func (s *Service) SetProfileField(ctx context.Context, dev *Device, userID, fiel
 
 // DeleteProfileField removes a field of the caller's own profile.
 func (s *Service) DeleteProfileField(ctx context.Context, dev *Device, userID, field string) error {
+	userID = s.canonicalUserID(userID)
 	if err := s.ownProfile(ctx, dev, userID, field); err != nil {
 		return err
 	}
@@ -129,6 +132,16 @@ func (s *Service) localUser(ctx context.Context, userID string) error {
 		return storage.ErrNotFound
 	}
 	return nil
+}
+
+// canonicalUserID lower-cases a local user ID as it is stored (clients show
+// IDs upper case, and people type what they see); other IDs stay as they are.
+func (s *Service) canonicalUserID(userID string) string {
+	local, server, ok := strings.Cut(strings.TrimPrefix(userID, "@"), ":")
+	if !strings.HasPrefix(userID, "@") || !ok || !strings.EqualFold(server, s.cfg.ServerName) {
+		return userID
+	}
+	return "@" + strings.ToLower(local) + ":" + s.cfg.ServerName
 }
 
 // checkUserID checks the shape of a Matrix user ID: @localpart:server.
