@@ -231,19 +231,31 @@ func TestE2EEKeys(t *testing.T) {
 			// The same keys again need no auth (clients retry uploads).
 			alice.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", first, http.StatusOK)
 			second := crossSigningBody(t, alice.UserID, newE2EEKey(t), newE2EEKey(t), newE2EEKey(t))
-			r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", second)
-			if r.Status == http.StatusForbidden {
-				t.Skipf("accounts offers no UIA to other areas yet: %s", r.Body)
+			ch := alice.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", second, http.StatusUnauthorized)
+			if ch.Get("session").String() == "" || ch.Get("flows.0.stages.0").String() != "m.login.password" {
+				t.Fatalf("replacement without auth: %s", ch.Raw)
 			}
-			ch := r.JSON(t)
-			if r.Status != http.StatusUnauthorized || ch.Get("session").String() == "" {
-				t.Fatalf("replacement without auth: HTTP %d %s", r.Status, r.Body)
+			masterKey := func() string {
+				q := alice.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{alice.UserID: []string{}}}, http.StatusOK)
+				return q.Get("master_keys." + gjson.Escape(alice.UserID)).Raw
 			}
-			second["auth"] = map[string]any{
-				"type": "m.login.password", "session": ch.Get("session").String(),
-				"identifier": map[string]any{"type": "m.id.user", "user": alice.UserID}, "password": alice.Password,
+			before := masterKey()
+			auth := func(password string) map[string]any {
+				return map[string]any{
+					"type": "m.login.password", "session": ch.Get("session").String(),
+					"identifier": map[string]any{"type": "m.id.user", "user": alice.UserID}, "password": password,
+				}
 			}
+			second["auth"] = auth("wrong password")
+			alice.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", second, http.StatusUnauthorized)
+			if masterKey() != before {
+				t.Fatal("the master key changed without auth")
+			}
+			second["auth"] = auth(alice.Password)
 			alice.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", second, http.StatusOK)
+			if masterKey() == before {
+				t.Fatal("the master key did not change after auth")
+			}
 		})
 
 		t.Run("Can upload a signature of another user's master key", func(t *testing.T) {
