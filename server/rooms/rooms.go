@@ -16,6 +16,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/server/signing"
@@ -210,6 +211,14 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 	skeleton, err := d.verImpl.RedactEventJSON(ev.JSON())
 	if err != nil {
 		return nil, fmt.Errorf("redacting %s: %w", ev.EventID(), err)
+	}
+	if redacts != "" {
+		// Before v11 redacts is a top-level key the redaction algorithm
+		// drops; the skeleton keeps it so the event reads whole (the
+		// signature checks redact again anyway).
+		if skeleton, err = sjson.SetBytes(skeleton, "redacts", redacts); err != nil {
+			return nil, err
+		}
 	}
 	if d.roomID == "" {
 		d.roomID = ev.RoomID().String()

@@ -50,12 +50,13 @@ type env struct {
 	wakes    *wakes
 	key      signing.Key
 	dir      string
+	t        *testing.T // the test that owns the files
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
-	e := &env{dir: dir}
+	e := &env{dir: dir, t: t}
 	e.open(t)
 	return e
 }
@@ -67,7 +68,7 @@ func (e *env) open(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
+	e.t.Cleanup(func() { db.Close() })
 	key, err := signing.LoadOrCreate(serverName, e.dir)
 	if err != nil {
 		t.Fatal(err)
