@@ -155,7 +155,7 @@ func (s *Service) Upload(ctx context.Context, userID, deviceID string, req Uploa
 		}
 		seen[k.Algorithm] = true
 	}
-	counts, err := s.store.UploadKeys(ctx, userID, deviceID, deviceKeys, otks, fbs)
+	_, err = s.store.UploadKeys(ctx, userID, deviceID, deviceKeys, otks, fbs)
 	if errors.Is(err, storage.ErrConflict) {
 		return nil, mxerr.InvalidParam("one_time_keys: a key ID is already in use with a different key")
 	}
@@ -165,7 +165,7 @@ func (s *Service) Upload(ctx context.Context, userID, deviceID string, req Uploa
 	if deviceKeys != nil {
 		s.wakeSharing(ctx, userID)
 	}
-	return counts, nil
+	return s.oneTimeKeyCounts(ctx, userID, deviceID)
 }
 
 // QueryResponse is the body of the POST /keys/query answer.

@@ -115,7 +115,7 @@ func (s *Service) DeviceListChanges(ctx context.Context, userID string, from, to
 // KeyCounts returns the device's unclaimed one-time key counts and unused
 // fallback key algorithms (sync contract).
 func (s *Service) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
-	otk, err := s.store.OneTimeKeyCounts(ctx, userID, deviceID)
+	otk, err := s.oneTimeKeyCounts(ctx, userID, deviceID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -147,4 +147,18 @@ func (s *Service) wakeSharing(ctx context.Context, userID string) {
 		peers = []string{userID}
 	}
 	s.wake(peers...)
+}
+
+// oneTimeKeyCounts counts the device's unclaimed one-time keys. It always
+// names signed_curve25519 (0 when none is left), as clients decide to upload
+// more keys from that count and some read a missing entry wrongly.
+func (s *Service) oneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
+	counts, err := s.store.OneTimeKeyCounts(ctx, userID, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := counts["signed_curve25519"]; !ok {
+		counts["signed_curve25519"] = 0
+	}
+	return counts, nil
 }
