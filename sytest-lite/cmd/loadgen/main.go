@@ -32,6 +32,8 @@ func main() {
 		isRooms   = flag.Int("is-rooms", 100, "initial sync: rooms")
 		isEvents  = flag.Int("is-events", 1000, "initial sync: events per room")
 		jsonOut   = flag.String("json", "", "also write the results as JSON to this file")
+		pid       = flag.Int("pid", 0, "footprint: the local node's PID (RSS idle and peak)")
+		dbPath    = flag.String("db", "", "footprint: the local node's database directory (SQLite), for bytes per event")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -44,6 +46,22 @@ func main() {
 		log:  func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 	}
 	var results []result
+	var sampler *rssSampler
+	var idleKiB, dbBefore int64
+	if *pid != 0 {
+		var err error
+		if idleKiB, err = rssKiB(*pid); err != nil {
+			fmt.Fprintf(os.Stderr, "footprint: %v\n", err)
+			os.Exit(1)
+		}
+		sampler = &rssSampler{pid: *pid}
+		sctx, stopSampler := context.WithCancel(ctx)
+		defer stopSampler()
+		go sampler.run(sctx)
+	}
+	if *dbPath != "" {
+		dbBefore, _ = dirBytes(*dbPath)
+	}
 	run := func(name string, fn func() (result, error)) {
 		if *scenario != "all" && *scenario != name {
 			return
@@ -58,6 +76,25 @@ func main() {
 	run("burst", func() (result, error) { return e.burst(ctx, *users, *rooms, *duration) })
 	run("fanout", func() (result, error) { return e.fanout(ctx, *listeners, *messages, *gap) })
 	run("initialsync", func() (result, error) { return e.initialSync(ctx, *isRooms, *isEvents) })
+	if sampler != nil || *dbPath != "" {
+		fp := result{Scenario: "footprint", Params: map[string]any{"pid": *pid, "db": *dbPath}, Figures: map[string]float64{}}
+		if sampler != nil {
+			fp.Figures["rss_idle_mib"] = float64(idleKiB) / 1024
+			fp.Figures["rss_peak_mib"] = float64(sampler.peak.Load()) / 1024
+		}
+		if *dbPath != "" {
+			after, _ := dirBytes(*dbPath)
+			var events float64
+			for _, r := range results {
+				events += r.Figures["accepted"] + r.Figures["events_sent"]
+			}
+			fp.Figures["db_growth_mib"] = float64(after-dbBefore) / (1 << 20)
+			if events > 0 {
+				fp.Figures["db_bytes_per_100k_events_mib"] = float64(after-dbBefore) / events * 100000 / (1 << 20)
+			}
+		}
+		results = append(results, fp)
+	}
 	if len(results) == 0 {
 		fmt.Fprintf(os.Stderr, "unknown scenario %q\n", *scenario)
 		os.Exit(2)

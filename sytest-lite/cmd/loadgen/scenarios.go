@@ -266,9 +266,10 @@ func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, err
 		Scenario: "initial_sync",
 		Params:   map[string]any{"rooms": nRooms, "events_per_room": perRoom, "timeline_limit": 20, "runs": runs},
 		Figures: map[string]float64{
-			"p50ms": lat.percentile(50),
-			"maxms": lat.percentile(100),
-			"bytes": float64(bytes),
+			"p50ms":       lat.percentile(50),
+			"maxms":       lat.percentile(100),
+			"bytes":       float64(bytes),
+			"events_sent": float64(nRooms*perRoom - errs.total()),
 		},
 		Errors: errs.snapshot(),
 	}, nil

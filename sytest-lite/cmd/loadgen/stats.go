@@ -65,3 +65,13 @@ func (e *errorCounts) snapshot() map[int]int {
 	}
 	return out
 }
+
+func (e *errorCounts) total() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, v := range e.m {
+		n += v
+	}
+	return n
+}
