@@ -134,6 +134,31 @@ func TestE2EEKeys(t *testing.T) {
 			c.MustFail(t, "POST", "/_matrix/client/v3/keys/upload", map[string]any{"one_time_keys": map[string]any{"curve25519:AAAA": "b3RoZXI"}}, http.StatusBadRequest, "M_INVALID_PARAM")
 		})
 
+		t.Run("Malformed key requests are refused with the spec's errors", func(t *testing.T) {
+			c := register(t, n)
+			needKeys(t, c)
+			for _, tc := range []struct {
+				method, path string
+				body         any
+				status       int
+				errcode      string
+			}{
+				{"POST", "/_matrix/client/v3/keys/claim", map[string]any{}, http.StatusBadRequest, "M_MISSING_PARAM"},
+				{"POST", "/_matrix/client/v3/keys/claim", `{"one_time_keys": {"@a:b": "x"}}`, http.StatusBadRequest, "M_BAD_JSON"},
+				{"POST", "/_matrix/client/v3/keys/query", `{"device_keys": "all"}`, http.StatusBadRequest, "M_BAD_JSON"},
+				{"POST", "/_matrix/client/v3/keys/upload", `{"one_time_keys": {"curve25519:A": 5}}`, http.StatusBadRequest, "M_INVALID_PARAM"},
+				{"POST", "/_matrix/client/v3/keys/upload", `{"one_time_keys": {"nocolon": "k"}}`, http.StatusBadRequest, "M_INVALID_PARAM"},
+				{"POST", "/_matrix/client/v3/keys/signatures/upload", `["not", "an", "object"]`, http.StatusBadRequest, "M_BAD_JSON"},
+				{"POST", "/_matrix/client/v3/keys/device_signing/upload", `{"master_key": {"user_id": "@someone:else", "usage": ["master"], "keys": {}}}`, http.StatusBadRequest, "M_INVALID_PARAM"},
+				{"PUT", "/_matrix/client/v3/room_keys/keys?version=abc", map[string]any{"rooms": map[string]any{}}, http.StatusNotFound, "M_NOT_FOUND"},
+				{"POST", "/_matrix/client/v3/room_keys/version", map[string]any{"auth_data": map[string]any{}}, http.StatusBadRequest, "M_MISSING_PARAM"},
+				{"POST", "/_matrix/client/v3/room_keys/version", map[string]any{"algorithm": "a", "auth_data": "x"}, http.StatusBadRequest, "M_BAD_JSON"},
+			} {
+				c.MustFail(t, tc.method, tc.path, tc.body, tc.status, tc.errcode)
+			}
+			n.Anonymous().MustFail(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{}}, http.StatusUnauthorized, "M_MISSING_TOKEN")
+		})
+
 		t.Run("Can query device keys using POST", func(t *testing.T) {
 			alice, bob := register(t, n), register(t, n)
 			needKeys(t, alice)
