@@ -77,6 +77,7 @@ func (s *Service) SendToDevice(ctx context.Context, senderUserID, senderDeviceID
 	}
 	dup, err := s.store.QueueToDevice(ctx, senderUserID, senderDeviceID, txnID, msgs, s.cfg.MaxQueuedToDevice)
 	if errors.Is(err, storage.ErrQueueFull) {
+		s.log.WithField("sender", senderUserID).WithField("targets", woken).Warn("keys: to-device send refused: a target device's queue is full")
 		e := mxerr.LimitExceeded(30000)
 		e.Msg = "a target device has too many undelivered to-device messages; retry later"
 		return e
