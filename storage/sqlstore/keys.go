@@ -487,12 +487,16 @@ func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos
 		}
 	}
 	if toNID > fromNID {
-		// Members of rooms userID is in whose membership changed.
+		// Members of rooms userID is in whose membership changed. Users only
+		// invited (or knocking) never shared the room: they are neither
+		// changed nor left.
 		if err := collect(`SELECT DISTINCT e.state_key FROM events e
 			JOIN current_state cs ON cs.room_id = e.room_id AND cs.type = 'm.room.member'
 				AND cs.state_key = $1 AND cs.membership = 'join'
+			JOIN current_state t ON t.room_id = e.room_id AND t.type = 'm.room.member' AND t.state_key = e.state_key
 			WHERE e.type = 'm.room.member' AND e.event_nid > $2 AND e.event_nid <= $3
-				AND NOT e.outlier AND NOT e.rejected`, userID, fromNID, toNID); err != nil {
+				AND NOT e.outlier AND NOT e.rejected
+				AND t.membership NOT IN ('invite', 'knock')`, userID, fromNID, toNID); err != nil {
 			return nil, nil, err
 		}
 		// Everyone in the rooms whose membership of userID changed.

@@ -75,6 +75,12 @@ func TestDeviceListChangesFollowMembership(t *testing.T) {
 		p3, n3 := pos()
 		check("message", "@a:x", uploaded, [2]int64{p3, n3}, nil, nil)
 
+		// @c is invited (and stays invited): it never shared the room, so
+		// it is neither changed nor left for @a.
+		room.member("@c:x", "invite")
+		pi, ni := pos()
+		check("invite", "@a:x", uploaded, [2]int64{pi, ni}, nil, nil)
+
 		// @b leaves the only shared room: it is in @a's left, and @a in @b's.
 		room.member("@b:x", "leave")
 		p4, n4 := pos()
