@@ -80,7 +80,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		MaxBytes:   cfg.Media.MaxUploadBytes,
 	}, log.WithField("component", "media"))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
-	n.Sync = sync.New(store.Sync(), notifier, sync.AsAccountData(n.AccountData), n.Keys, log.WithField("component", "sync"))
+	n.Sync = sync.New(store.Sync(), notifier, n.AccountData, n.Keys, log.WithField("component", "sync"))
 	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
 		store.Close()
 		return nil, err
