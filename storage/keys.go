@@ -51,6 +51,14 @@ type ToDeviceMessage struct {
 	Event json.RawMessage
 }
 
+// ToDeviceSend describes one PUT /sendToDevice for QueueToDevice.
+type ToDeviceSend struct {
+	SenderUserID, SenderDeviceID, TxnID string
+	NowMS                               int64
+	ForgetTxnsBeforeMS                  int64
+	MaxQueued                           int
+}
+
 // BackupVersion describes a key backup version; Count and ETag describe its keys.
 type BackupVersion struct {
 	Version   int64
@@ -103,10 +111,11 @@ type KeyStore interface {
 	Signatures(ctx context.Context, targetUserIDs []string) ([]KeySignature, error)
 
 	// QueueToDevice queues msgs in one transaction and records the sender's
-	// txnID; a txnID already recorded returns duplicate = true and queues
-	// nothing. If a target device already has maxQueued messages queued it is
-	// ErrQueueFull and nothing is queued.
-	QueueToDevice(ctx context.Context, senderUserID, senderDeviceID, txnID string, msgs []ToDeviceMessage, maxQueued int) (duplicate bool, err error)
+	// txn id; a txn id already recorded returns duplicate = true and queues
+	// nothing. If a target device would have more than send.MaxQueued
+	// messages queued it is ErrQueueFull and nothing is queued. The sending
+	// device's txn ids recorded before send.ForgetTxnsBeforeMS are forgotten.
+	QueueToDevice(ctx context.Context, send ToDeviceSend, msgs []ToDeviceMessage) (duplicate bool, err error)
 	// ToDeviceSince deletes the device's messages at or below from, then
 	// returns those in (from, to], in order, at most limit.
 	ToDeviceSince(ctx context.Context, userID, deviceID string, from, to int64, limit int) ([]json.RawMessage, error)

@@ -5,10 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"sort"
+	"time"
 
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
 )
+
+// toDeviceTxnLifetime is how long a to-device txn id is remembered: clients
+// retry a failed send within minutes; older ids are forgotten so the table
+// does not grow with every send.
+const toDeviceTxnLifetime = 24 * time.Hour
 
 // SendToDevice queues a message for each addressed device
 // (PUT /sendToDevice/{eventType}/{txnId}); device "*" means every device of
@@ -75,7 +81,12 @@ func (s *Service) SendToDevice(ctx context.Context, senderUserID, senderDeviceID
 			woken = append(woken, u)
 		}
 	}
-	dup, err := s.store.QueueToDevice(ctx, senderUserID, senderDeviceID, txnID, msgs, s.cfg.MaxQueuedToDevice)
+	now := time.Now().UnixMilli()
+	dup, err := s.store.QueueToDevice(ctx, storage.ToDeviceSend{
+		SenderUserID: senderUserID, SenderDeviceID: senderDeviceID, TxnID: txnID,
+		NowMS: now, ForgetTxnsBeforeMS: now - toDeviceTxnLifetime.Milliseconds(),
+		MaxQueued: s.cfg.MaxQueuedToDevice,
+	}, msgs)
 	if errors.Is(err, storage.ErrQueueFull) {
 		s.log.WithField("sender", senderUserID).WithField("targets", woken).Warn("keys: to-device send refused: a target device's queue is full")
 		e := mxerr.LimitExceeded(30000)

@@ -332,10 +332,15 @@ func (s *keyStore) Signatures(ctx context.Context, targetUserIDs []string) ([]st
 	return out, rows.Err()
 }
 
-func (s *keyStore) QueueToDevice(ctx context.Context, senderUserID, senderDeviceID, txnID string, msgs []storage.ToDeviceMessage, maxQueued int) (bool, error) {
+func (s *keyStore) QueueToDevice(ctx context.Context, send storage.ToDeviceSend, msgs []storage.ToDeviceMessage) (bool, error) {
+	senderUserID, senderDeviceID, txnID := send.SenderUserID, send.SenderDeviceID, send.TxnID
 	duplicate := false
 	err := s.db.Write(ctx, func(tx *sql.Tx) error {
 		duplicate = false
+		if _, err := tx.ExecContext(ctx, `DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = $2 AND created_ts < $3`,
+			senderUserID, senderDeviceID, send.ForgetTxnsBeforeMS); err != nil {
+			return err
+		}
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM to_device_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3`,
 			senderUserID, senderDeviceID, txnID).Scan(&n); err != nil {
@@ -355,7 +360,7 @@ func (s *keyStore) QueueToDevice(ctx context.Context, senderUserID, senderDevice
 				dev[0], dev[1]).Scan(&queued); err != nil {
 				return err
 			}
-			if queued+add > maxQueued {
+			if queued+add > send.MaxQueued {
 				return storage.ErrQueueFull
 			}
 		}
@@ -369,8 +374,8 @@ func (s *keyStore) QueueToDevice(ctx context.Context, senderUserID, senderDevice
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES ($1, $2, $3)`,
-			senderUserID, senderDeviceID, txnID)
+		_, err := tx.ExecContext(ctx, `INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4)`,
+			senderUserID, senderDeviceID, txnID, send.NowMS)
 		return err
 	})
 	return duplicate, err

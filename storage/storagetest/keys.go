@@ -222,10 +222,10 @@ func testKeysToDevice(t *testing.T, open Opener) {
 	ks := open(t).Keys()
 	ctx := t.Context()
 	for i := 1; i <= 3; i++ {
-		_, err := ks.QueueToDevice(ctx, "@s:x", "SDEV", fmt.Sprintf("t%d", i), []storage.ToDeviceMessage{
+		_, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV", fmt.Sprintf("t%d", i), 100), []storage.ToDeviceMessage{
 			{UserID: "@a:x", DeviceID: "DEV", Event: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))},
 			{UserID: "@b:x", DeviceID: "BDEV", Event: json.RawMessage(fmt.Sprintf(`{"b":%d}`, i))},
-		}, 100)
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,18 +266,29 @@ func testKeysToDeviceTxn(t *testing.T, open Opener) {
 	ctx := t.Context()
 	msg := []storage.ToDeviceMessage{{UserID: "@a:x", DeviceID: "DEV", Event: json.RawMessage(`{}`)}}
 	for i, want := range []bool{false, true} {
-		dup, err := ks.QueueToDevice(ctx, "@s:x", "SDEV", "txn", msg, 100)
+		dup, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV", "txn", 100), msg)
 		if err != nil || dup != want {
 			t.Fatalf("send #%d: duplicate=%v err=%v, want %v", i+1, dup, err, want)
 		}
 	}
 	// Another sending device may use the same txn id.
-	if dup, err := ks.QueueToDevice(ctx, "@s:x", "SDEV2", "txn", msg, 100); err != nil || dup {
+	if dup, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV2", "txn", 100), msg); err != nil || dup {
 		t.Fatalf("other device: duplicate=%v err=%v", dup, err)
 	}
 	got, _ := ks.ToDeviceSince(ctx, "@a:x", "DEV", 0, 100, 10)
 	if len(got) != 2 {
 		t.Fatalf("%d messages queued, want 2", len(got))
+	}
+	// Txn ids recorded before the cut-off are forgotten: the id works again.
+	later := keysSend("@s:x", "SDEV", "txn", 100)
+	later.NowMS, later.ForgetTxnsBeforeMS = 5000, 2000
+	if dup, err := ks.QueueToDevice(ctx, later, msg); err != nil || dup {
+		t.Fatalf("txn id after its lifetime: duplicate=%v err=%v", dup, err)
+	}
+	// …and is remembered again from then on.
+	later.ForgetTxnsBeforeMS = 4000
+	if dup, err := ks.QueueToDevice(ctx, later, msg); err != nil || !dup {
+		t.Fatalf("txn id within its lifetime: duplicate=%v err=%v", dup, err)
 	}
 }
 
@@ -288,11 +299,11 @@ func testKeysToDeviceCap(t *testing.T, open Opener) {
 		return storage.ToDeviceMessage{UserID: "@a:x", DeviceID: dev, Event: json.RawMessage(`{}`)}
 	}
 	for i := 0; i < 3; i++ {
-		if _, err := ks.QueueToDevice(ctx, "@s:x", "SDEV", fmt.Sprint(i), []storage.ToDeviceMessage{msg("DEV")}, 3); err != nil {
+		if _, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV", fmt.Sprint(i), 3), []storage.ToDeviceMessage{msg("DEV")}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := ks.QueueToDevice(ctx, "@s:x", "SDEV", "full", []storage.ToDeviceMessage{msg("OTHER"), msg("DEV")}, 3)
+	_, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV", "full", 3), []storage.ToDeviceMessage{msg("OTHER"), msg("DEV")})
 	if !errors.Is(err, storage.ErrQueueFull) {
 		t.Fatalf("err = %v, want ErrQueueFull", err)
 	}
@@ -301,7 +312,7 @@ func testKeysToDeviceCap(t *testing.T, open Opener) {
 	}
 	// The refused txn id was not used up: it works once the queue drained.
 	ks.ToDeviceSince(ctx, "@a:x", "DEV", 100, 100, 10)
-	if dup, err := ks.QueueToDevice(ctx, "@s:x", "SDEV", "full", []storage.ToDeviceMessage{msg("DEV")}, 3); err != nil || dup {
+	if dup, err := ks.QueueToDevice(ctx, keysSend("@s:x", "SDEV", "full", 3), []storage.ToDeviceMessage{msg("DEV")}); err != nil || dup {
 		t.Fatalf("retry after drain: dup=%v err=%v", dup, err)
 	}
 }
@@ -351,7 +362,7 @@ func testKeysDeleteDevice(t *testing.T, open Opener) {
 		[]storage.OneTimeKey{keysOTK("curve25519", "A", `"a"`)}, []storage.OneTimeKey{keysOTK("curve25519", "F", `"f"`)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ks.QueueToDevice(ctx, "@s:x", "S", "t", []storage.ToDeviceMessage{{UserID: "@a:x", DeviceID: "DEV", Event: json.RawMessage(`{}`)}}, 10); err != nil {
+	if _, err := ks.QueueToDevice(ctx, keysSend("@s:x", "S", "t", 10), []storage.ToDeviceMessage{{UserID: "@a:x", DeviceID: "DEV", Event: json.RawMessage(`{}`)}}); err != nil {
 		t.Fatal(err)
 	}
 	p0, _ := ks.DeviceListPosition(ctx)
@@ -496,4 +507,8 @@ func keysJSONEqual(a, b json.RawMessage) bool {
 func keysJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+func keysSend(user, device, txn string, maxQueued int) storage.ToDeviceSend {
+	return storage.ToDeviceSend{SenderUserID: user, SenderDeviceID: device, TxnID: txn, NowMS: 1000, MaxQueued: maxQueued}
 }
