@@ -274,34 +274,58 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	// Account data and ephemeral events per room come first, so rooms with
 	// only those still show up.
 	var roomAD, roomEph map[string][]json.RawMessage
-	var joinedIDs []string
+	// Joined rooms split by whether the client knows them: new ones get
+	// the current receipts and typing, known ones what changed.
+	var knownIDs, freshIDs []string
 	for _, id := range order {
-		if rooms[id].atTo == "join" && rf.allows(id) {
-			joinedIDs = append(joinedIDs, id)
+		rs := rooms[id]
+		if rs.atTo != "join" || !rf.allows(id) {
+			continue
+		}
+		if initial || rs.atFrom != "join" {
+			freshIDs = append(freshIDs, id)
+		} else {
+			knownIDs = append(knownIDs, id)
 		}
 	}
 	if s.accountData != nil {
-		adFrom := since.AccountData
-		if initial {
-			adFrom = 0
-		}
-		global, perRoom, err := s.accountData.AccountDataSince(ctx, req.UserID, adFrom, to.AccountData)
-		if err != nil {
-			return nil, false, err
-		}
-		resp.AccountData = list(filterRaw(f.AccountData, global))
-		roomAD = perRoom
-		ephFrom := since.Ephemeral
-		if initial {
-			ephFrom = 0
-		}
-		if len(joinedIDs) > 0 {
-			if roomEph, err = s.accountData.EphemeralSince(ctx, req.UserID, joinedIDs, ephFrom, to.Ephemeral); err != nil {
+		// In the contract from = 0 means "everything", so an incremental
+		// sync asks only when the stream moved; otherwise a node without
+		// any account data yet would resend the defaults every time and
+		// no long-poll would ever wait.
+		if initial || since.AccountData != to.AccountData {
+			adFrom := since.AccountData
+			if initial {
+				adFrom = 0
+			}
+			global, perRoom, err := s.accountData.AccountDataSince(ctx, req.UserID, adFrom, to.AccountData)
+			if err != nil {
 				return nil, false, err
 			}
+			resp.AccountData = list(filterRaw(f.AccountData, global))
+			roomAD = perRoom
+			if len(resp.AccountData.Events) > 0 {
+				empty = false
+			}
 		}
-		if len(resp.AccountData.Events) > 0 {
-			empty = false
+		roomEph = map[string][]json.RawMessage{}
+		if len(freshIDs) > 0 {
+			eph, err := s.accountData.EphemeralSince(ctx, req.UserID, freshIDs, 0, to.Ephemeral)
+			if err != nil {
+				return nil, false, err
+			}
+			for id, evs := range eph {
+				roomEph[id] = evs
+			}
+		}
+		if len(knownIDs) > 0 && since.Ephemeral != to.Ephemeral {
+			eph, err := s.accountData.EphemeralSince(ctx, req.UserID, knownIDs, since.Ephemeral, to.Ephemeral)
+			if err != nil {
+				return nil, false, err
+			}
+			for id, evs := range eph {
+				roomEph[id] = evs
+			}
 		}
 	}
 
