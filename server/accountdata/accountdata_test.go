@@ -26,12 +26,17 @@ const alice, bob = "@alice:a.test", "@bob:a.test"
 type recordingWaker struct {
 	mu    gosync.Mutex
 	woken []string
+	rung  chan struct{} // gets a token on every Wake
 }
 
 func (w *recordingWaker) Wake(userIDs ...string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.woken = append(w.woken, userIDs...)
+	select {
+	case w.rung <- struct{}{}:
+	default:
+	}
 }
 
 func (w *recordingWaker) take() []string {
@@ -49,7 +54,7 @@ func newTestService(t *testing.T) (*Service, storage.Store, *recordingWaker) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	w := &recordingWaker{}
+	w := &recordingWaker{rung: make(chan struct{}, 1)}
 	log := logrus.New()
 	log.SetLevel(logrus.PanicLevel)
 	return New(db.AccountData(), w, log), db, w
