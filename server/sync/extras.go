@@ -35,20 +35,3 @@ type E2EE interface {
 	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
 }
 
-// AsAccountData returns v as an AccountData, or nil when it does not (yet)
-// implement it; the wiring in server/server.go goes through it so the node
-// builds while the account-data service grows its side of the contract.
-func AsAccountData(v any) AccountData {
-	if ad, ok := v.(AccountData); ok {
-		return ad
-	}
-	return nil
-}
-
-// AsE2EE returns v as an E2EE, or nil when it does not (yet) implement it.
-func AsE2EE(v any) E2EE {
-	if e, ok := v.(E2EE); ok {
-		return e
-	}
-	return nil
-}
