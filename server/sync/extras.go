@@ -34,4 +34,3 @@ type E2EE interface {
 	// its unused fallback key algorithms.
 	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
 }
-
