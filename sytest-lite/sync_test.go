@@ -315,3 +315,155 @@ func gjsonKey(s string) string {
 	r := strings.NewReplacer(".", `\.`, "*", `\*`, "?", `\?`, "#", `\#`, "|", `\|`, "@", `\@`)
 	return r.Replace(s)
 }
+
+// Scenarios about rooms as /sync and the read endpoints show them.
+func TestSyncRooms(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		n := StartNode(t, b)
+
+		t.Run("Newly left rooms appear in the leave section of incremental sync", func(t *testing.T) {
+			alice, bob := register(t, n), register(t, n)
+			needRooms(t, alice)
+			room := alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			bob.Join(t, room)
+			next := bob.SyncUntil(t, "", "", func(r gjson.Result) bool { return r.Get("rooms.join." + gjsonKey(room)).Exists() })
+			bob.MustDo(t, "POST", roomPath(room, "leave"), map[string]any{}, http.StatusOK)
+			alice.SendText(t, room, "after bob left")
+			bob.SyncUntil(t, next, "", func(r gjson.Result) bool {
+				left := r.Get("rooms.leave." + gjsonKey(room))
+				return left.Exists() && !strings.Contains(left.Raw, "after bob left") &&
+					left.Get("timeline.events.@reverse.0.content.membership").String() == "leave"
+			})
+			// An initial sync shows it only with include_leave.
+			if bob.Sync(t, "").Get("rooms.leave." + gjsonKey(room)).Exists() {
+				t.Error("initial sync without include_leave shows the left room")
+			}
+			res := bob.MustDo(t, "GET", syncPath("", `{"room":{"include_leave":true}}`, 0), nil, http.StatusOK)
+			if !res.Get("rooms.leave." + gjsonKey(room)).Exists() {
+				t.Error("include_leave does not show the left room")
+			}
+			// Forgetting hides it for good.
+			bob.MustDo(t, "POST", roomPath(room, "forget"), map[string]any{}, http.StatusOK)
+			res = bob.MustDo(t, "GET", syncPath("", `{"room":{"include_leave":true}}`, 0), nil, http.StatusOK)
+			if strings.Contains(res.Get("rooms").Raw, room) {
+				t.Errorf("a forgotten room appeared: %s", res.Get("rooms").Raw)
+			}
+		})
+
+		t.Run("An invite appears with stripped state including the invite", func(t *testing.T) {
+			alice, bob := register(t, n), register(t, n)
+			needRooms(t, alice)
+			room := alice.CreateRoom(t, map[string]any{"name": "Incident 7"})
+			alice.Invite(t, room, bob.UserID)
+			bob.SyncUntil(t, "", "", func(r gjson.Result) bool {
+				st := r.Get("rooms.invite." + gjsonKey(room) + ".invite_state.events")
+				return strings.Contains(st.Raw, "Incident 7") &&
+					st.Get(`#(type=="m.room.member").content.membership`).String() == "invite"
+			})
+		})
+
+		t.Run("A late joiner of a joined-visibility room cannot read earlier messages", func(t *testing.T) {
+			alice, bob := register(t, n), register(t, n)
+			needRooms(t, alice)
+			room := alice.CreateRoom(t, map[string]any{"preset": "public_chat", "initial_state": []any{map[string]any{
+				"type": "m.room.history_visibility", "state_key": "", "content": map[string]any{"history_visibility": "joined"}}}})
+			alice.SendText(t, room, "before bob")
+			bob.Join(t, room)
+			alice.SendText(t, room, "after bob")
+			res := bob.MustDo(t, "GET", roomPath(room, "messages")+"?dir=b&limit=50", nil, http.StatusOK)
+			bodies := res.Get("chunk.#.content.body").Raw
+			if strings.Contains(bodies, "before bob") || !strings.Contains(bodies, "after bob") {
+				t.Fatalf("bob's /messages bodies = %s", bodies)
+			}
+			s := bob.Sync(t, "")
+			if strings.Contains(s.Get("rooms.join."+gjsonKey(room)).Raw, "before bob") {
+				t.Fatal("bob's sync shows a message from before he joined")
+			}
+		})
+
+		t.Run("The read endpoints show a member the room", func(t *testing.T) {
+			alice, bob := register(t, n), register(t, n)
+			needRooms(t, alice)
+			room := alice.CreateRoom(t, map[string]any{"preset": "public_chat", "name": "Ops"})
+			bob.Join(t, room)
+			first := alice.SendText(t, room, "one")
+			second := alice.SendText(t, room, "two")
+			third := alice.SendText(t, room, "three")
+
+			if got := bob.MustDo(t, "GET", roomPath(room, "state", "m.room.name"), nil, http.StatusOK); got.Get("name").String() != "Ops" {
+				t.Errorf("state/m.room.name = %s", got.Raw)
+			}
+			if got := bob.MustDo(t, "GET", roomPath(room, "state", "m.room.name", "")+"?format=event", nil, http.StatusOK); got.Get("event_id").String() == "" || got.Get("content.name").String() != "Ops" {
+				t.Errorf("format=event = %s", got.Raw)
+			}
+			bob.MustFail(t, "GET", roomPath(room, "state", "m.room.topic"), nil, http.StatusNotFound, "M_NOT_FOUND")
+			state := bob.MustDo(t, "GET", roomPath(room, "state"), nil, http.StatusOK)
+			if !strings.Contains(state.Get("#.type").Raw, "m.room.create") {
+				t.Errorf("/state = %s", state.Get("#.type").Raw)
+			}
+			members := bob.MustDo(t, "GET", roomPath(room, "members")+"?membership=join", nil, http.StatusOK)
+			if len(members.Get("chunk").Array()) != 2 {
+				t.Errorf("/members?membership=join = %s", members.Raw)
+			}
+			if got := bob.MustDo(t, "GET", roomPath(room, "members")+"?not_membership=join", nil, http.StatusOK); len(got.Get("chunk").Array()) != 0 {
+				t.Errorf("/members?not_membership=join = %s", got.Raw)
+			}
+			joined := bob.MustDo(t, "GET", roomPath(room, "joined_members"), nil, http.StatusOK)
+			if !joined.Get("joined."+gjsonKey(alice.UserID)).Exists() || !joined.Get("joined."+gjsonKey(bob.UserID)).Exists() {
+				t.Errorf("/joined_members = %s", joined.Raw)
+			}
+			rooms := bob.MustDo(t, "GET", "/_matrix/client/v3/joined_rooms", nil, http.StatusOK)
+			if !strings.Contains(rooms.Get("joined_rooms").Raw, room) {
+				t.Errorf("/joined_rooms = %s", rooms.Raw)
+			}
+			ev := bob.MustDo(t, "GET", roomPath(room, "event", second), nil, http.StatusOK)
+			if ev.Get("content.body").String() != "two" || ev.Get("room_id").String() != room {
+				t.Errorf("/event = %s", ev.Raw)
+			}
+			bob.MustFail(t, "GET", roomPath(room, "event", "$nope"), nil, http.StatusNotFound, "M_NOT_FOUND")
+			ctx := bob.MustDo(t, "GET", roomPath(room, "context", second)+"?limit=2", nil, http.StatusOK)
+			if ctx.Get("event.event_id").String() != second || ctx.Get("events_before.0.event_id").String() != first ||
+				ctx.Get("events_after.0.event_id").String() != third || ctx.Get("start").String() == "" || ctx.Get("end").String() == "" {
+				t.Errorf("/context = %s", ctx.Raw)
+			}
+			// The context's end token pages forward from there.
+			after := bob.MustDo(t, "GET", roomPath(room, "messages")+"?dir=f&from="+url.QueryEscape(ctx.Get("end").String()), nil, http.StatusOK)
+			if len(after.Get("chunk").Array()) != 0 {
+				t.Errorf("messages after the last event: %s", after.Raw)
+			}
+		})
+
+		t.Run("A redacted event syncs with redacted_because and no content", func(t *testing.T) {
+			c := register(t, n)
+			room := needRooms(t, c)
+			eventID := c.SendText(t, room, "oops")
+			redID := c.MustDo(t, "PUT", roomPath(room, "redact", eventID, NewTxnID()), map[string]any{"reason": "typo"}, http.StatusOK).Get("event_id").String()
+			res := c.Sync(t, "")
+			ev := res.Get("rooms.join." + gjsonKey(room) + ".timeline.events.#(event_id==\"" + eventID + "\")")
+			if ev.Get("content.body").Exists() || ev.Get("unsigned.redacted_because.event_id").String() != redID {
+				t.Fatalf("redacted event in sync = %s", ev.Raw)
+			}
+		})
+
+		t.Run("Lazy-loading members sends only the timeline senders' member events", func(t *testing.T) {
+			alice, bob, carol := register(t, n), register(t, n), register(t, n)
+			needRooms(t, alice)
+			room := alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			bob.Join(t, room)
+			carol.Join(t, room)
+			for i := 0; i < 3; i++ {
+				alice.SendText(t, room, fmt.Sprint("alice ", i))
+			}
+			filter := `{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true}}}`
+			res := carol.MustDo(t, "GET", syncPath("", filter, 0), nil, http.StatusOK)
+			r := res.Get("rooms.join." + gjsonKey(room))
+			members := r.Get(`state.events.#(type=="m.room.member")#.state_key`).Raw
+			if !strings.Contains(members, alice.UserID) || strings.Contains(members, bob.UserID) {
+				t.Fatalf("lazy members = %s", members)
+			}
+			if r.Get("summary.m\\.joined_member_count").Int() != 3 {
+				t.Errorf("summary = %s", r.Get("summary").Raw)
+			}
+		})
+	})
+}
