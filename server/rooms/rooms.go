@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,6 +95,7 @@ type draft struct {
 	roomID  string
 	state   *gomatrixserverlib.AuthEvents
 	members map[string]string // user -> membership, current
+	current map[stateTuple]gomatrixserverlib.PDU
 	prev    []string
 	depth   int64
 	out     []storage.NewEvent
@@ -108,7 +110,7 @@ func (s *Service) newDraft(version string, public bool) (*draft, error) {
 		return nil, mxerr.New(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported (supported: 10, 11, 12)", version)
 	}
 	state, _ := gomatrixserverlib.NewAuthEvents(nil)
-	return &draft{s: s, verImpl: verImpl, state: state, members: map[string]string{},
+	return &draft{s: s, verImpl: verImpl, state: state, members: map[string]string{}, current: map[stateTuple]gomatrixserverlib.PDU{},
 		newRoom: &storage.NewRoom{Version: version, Public: public}}, nil
 }
 
@@ -129,7 +131,8 @@ func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &draft{s: s, verImpl: verImpl, roomID: roomID, members: map[string]string{}}
+	d := &draft{s: s, verImpl: verImpl, roomID: roomID, members: map[string]string{},
+		current: make(map[stateTuple]gomatrixserverlib.PDU, len(evs))}
 	d.state, _ = gomatrixserverlib.NewAuthEvents(nil)
 	for _, ev := range evs {
 		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, ev.ContentPurged)
@@ -139,6 +142,7 @@ func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) 
 		if err := d.state.AddEvent(pdu); err != nil {
 			return nil, err
 		}
+		d.current[stateTuple{pdu.Type(), *pdu.StateKey()}] = pdu
 		if pdu.Type() == spec.MRoomMember {
 			m, _ := pdu.Membership()
 			d.members[*pdu.StateKey()] = m
@@ -149,22 +153,6 @@ func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) 
 		return nil, err
 	}
 	return d, nil
-}
-
-// stateEvent returns the current state event for (type, stateKey), or nil.
-func (d *draft) stateEvent(typ, stateKey string) gomatrixserverlib.PDU {
-	var pdu gomatrixserverlib.PDU
-	switch typ {
-	case spec.MRoomCreate:
-		pdu, _ = d.state.Create()
-	case spec.MRoomPowerLevels:
-		pdu, _ = d.state.PowerLevels()
-	case spec.MRoomJoinRules:
-		pdu, _ = d.state.JoinRules()
-	case spec.MRoomMember:
-		pdu, _ = d.state.Member(spec.SenderID(stateKey))
-	}
-	return pdu
 }
 
 // txn is a client transaction id to record with an event.
@@ -195,11 +183,13 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 	}
 	k := d.s.key
 	ev, err := eb.Build(d.s.now(), k.ServerName, k.KeyID, k.Private)
+	var tooBig gomatrixserverlib.EventValidationError
+	if errors.As(err, &tooBig) && tooBig.Code == gomatrixserverlib.EventValidationTooLarge {
+		// spec: events (and their type, sender, state key…) have size limits
+		return nil, mxerr.TooLarge("%s", strings.TrimPrefix(tooBig.Message, "gomatrixserverlib: "))
+	}
 	if err != nil {
 		return nil, mxerr.BadJSON("building the event: %v", err)
-	}
-	if len(ev.JSON()) > 65536 { // spec: events must not exceed 64 KiB
-		return nil, mxerr.TooLarge("event is larger than 65536 bytes")
 	}
 	if err := gomatrixserverlib.Allowed(ev, d.state, userIDForSender); err != nil {
 		var na *gomatrixserverlib.NotAllowed
@@ -246,6 +236,7 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 		if err := d.state.AddEvent(ev); err != nil {
 			return nil, err
 		}
+		d.current[stateTuple{typ, *stateKey}] = ev
 		if typ == spec.MRoomMember {
 			ne.Membership, _ = ev.Membership()
 			d.members[*stateKey] = ne.Membership

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/trustcase/node/server/mxerr"
@@ -100,6 +101,11 @@ func (s *Service) SendState(ctx context.Context, userID, roomID, typ, stateKey s
 	d, err := s.loadDraft(ctx, roomID)
 	if err != nil {
 		return "", err
+	}
+	if cur := d.current[stateTuple{typ, stateKey}]; cur != nil && string(cur.SenderID()) == userID {
+		if canon, err := gomatrixserverlib.CanonicalJSON(content); err == nil && bytes.Equal(canon, cur.Content()) {
+			return cur.EventID(), nil
+		}
 	}
 	ev, err := d.add(userID, typ, ptr(stateKey), content, "", nil)
 	if err != nil {

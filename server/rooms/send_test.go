@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	gosync "sync"
 	"testing"
 
@@ -84,6 +85,22 @@ func TestSend(t *testing.T) {
 		wantCode(t, err, 403, "M_FORBIDDEN") // below state_default, and the key names another user
 		_, err = e.rooms.SendState(ctx, alice, roomID, "m.room.create", "", json.RawMessage(`{}`))
 		wantCode(t, err, 403, "M_FORBIDDEN")
+	})
+	t.Run("setting the same state again changes nothing", func(t *testing.T) {
+		first := must[string](t)(e.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", json.RawMessage(`{"topic":"same", "x":1}`)))
+		pos := must[int64](t)(e.store.Sync().TimelinePosition(ctx))
+		again := must[string](t)(e.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", json.RawMessage(`{"x":1,"topic":"same"}`)))
+		if again != first || must[int64](t)(e.store.Sync().TimelinePosition(ctx)) != pos {
+			t.Fatalf("a repeated state event made a new one: %s -> %s", first, again)
+		}
+		if changed := must[string](t)(e.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", json.RawMessage(`{"topic":"new"}`))); changed == first {
+			t.Fatal("a changed state event was dropped")
+		}
+	})
+	t.Run("events over 64 KiB are refused", func(t *testing.T) {
+		big := json.RawMessage(fmt.Sprintf(`{"body":%q}`, strings.Repeat("x", 70000)))
+		_, err := e.rooms.Send(ctx, alice, "DEV", roomID, "m.room.message", "big", big)
+		wantCode(t, err, 413, "M_TOO_LARGE")
 	})
 	t.Run("state keys with odd bytes round-trip", func(t *testing.T) {
 		for _, sk := range []string{"", "a/b", "x:y@", "ü 🚀", "%2F", "\t"} {
