@@ -166,7 +166,7 @@ func (s *Service) SetTyping(ctx context.Context, caller, userID, roomID string, 
 		return err
 	}
 	if typing {
-		time.AfterFunc(timeout, func() { s.expireTyping(roomID, userID) })
+		time.AfterFunc(timeout, func() { s.expireTyping(roomID, userID, 0) })
 	}
 	return s.wakeRoom(ctx, roomID)
 }
@@ -202,9 +202,13 @@ func (s *Service) setTyping(ctx context.Context, roomID, userID string, typing b
 	return true, nil
 }
 
+// expireRetries bounds the retries of an expiry whose stream advance
+// failed (the database is away, or the node is stopping).
+const expireRetries = 3
+
 // expireTyping stops the user typing if their timeout has passed (a
 // refresh moved it later: a later timer handles it).
-func (s *Service) expireTyping(roomID, userID string) {
+func (s *Service) expireTyping(roomID, userID string, attempt int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.ephMu.Lock()
@@ -219,14 +223,22 @@ func (s *Service) expireTyping(roomID, userID string) {
 	}
 	if wait := until.Sub(s.now()); wait > 0 {
 		s.ephMu.Unlock()
-		time.AfterFunc(wait, func() { s.expireTyping(roomID, userID) })
+		time.AfterFunc(wait, func() { s.expireTyping(roomID, userID, 0) })
 		return
 	}
 	pos, err := s.store.AdvanceEphemeral(ctx)
 	if err != nil {
+		if attempt+1 < expireRetries {
+			s.ephMu.Unlock()
+			s.log.WithError(err).Warn("typing expiry: cannot advance the ephemeral stream; retrying")
+			time.AfterFunc(time.Second, func() { s.expireTyping(roomID, userID, attempt+1) })
+			return
+		}
+		// Give up on announcing the stop: the user no longer types, and
+		// the room's next typing change (or an initial sync) shows it.
+		s.log.WithError(err).Warn("typing expiry: cannot advance the ephemeral stream; dropping the entry")
+		delete(rt.until, userID)
 		s.ephMu.Unlock()
-		s.log.WithError(err).Warn("typing expiry: cannot advance the ephemeral stream; retrying")
-		time.AfterFunc(time.Second, func() { s.expireTyping(roomID, userID) })
 		return
 	}
 	delete(rt.until, userID)
