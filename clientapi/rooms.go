@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 
 	"github.com/gorilla/mux"
 
@@ -19,6 +20,7 @@ func (a *API) registerRooms(v3, v1 *mux.Router) {
 	post, put, get, del := http.MethodPost, http.MethodPut, http.MethodGet, http.MethodDelete
 	v3.Handle("/createRoom", a.authed(a.createRoom)).Methods(post)
 	v3.Handle("/join/{roomIdOrAlias}", a.authed(a.joinRoom)).Methods(post)
+	v3.Handle("/knock/{roomIdOrAlias}", a.authed(a.knock)).Methods(post)
 	v3.Handle("/rooms/{roomId}/join", a.authed(a.joinRoom)).Methods(post)
 	v3.Handle("/rooms/{roomId}/invite", a.authed(a.invite)).Methods(post)
 	v3.Handle("/rooms/{roomId}/leave", a.authed(a.leave)).Methods(post)
@@ -67,6 +69,24 @@ func (a *API) joinRoom(r *http.Request, dev *accounts.Device) (any, error) {
 		return nil, err
 	}
 	roomID, err := a.Rooms.Join(r.Context(), dev.UserID, target, body.Reason)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": roomID}, nil
+}
+
+func (a *API) knock(r *http.Request, dev *accounts.Device) (any, error) {
+	target, err := pathVar(r, "roomIdOrAlias")
+	if err != nil {
+		return nil, err
+	}
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if err := decodeJSON(r, &body); err != nil {
+		return nil, err
+	}
+	roomID, err := a.Rooms.Knock(r.Context(), dev.UserID, target, body.Reason)
 	if err != nil {
 		return nil, err
 	}
@@ -268,20 +288,38 @@ func (a *API) putVisibility(r *http.Request, dev *accounts.Device) (any, error) 
 	return struct{}{}, a.Rooms.SetVisibility(r.Context(), dev.UserID, roomID, body.Visibility)
 }
 
-// publicRooms answers the whole local directory in one page (no
-// pagination yet: next_batch is never set).
+// publicRooms answers a page of the local room directory (GET with query
+// parameters, POST with a body and a generic_search_term filter).
 func (a *API) publicRooms(r *http.Request, _ *accounts.Device) (any, error) {
+	var q rooms.PublicRoomsQuery
 	if r.Method == http.MethodPost {
-		var body map[string]json.RawMessage
+		var body struct {
+			Limit  int    `json:"limit"`
+			Since  string `json:"since"`
+			Server string `json:"server"`
+			Filter struct {
+				GenericSearchTerm string `json:"generic_search_term"`
+			} `json:"filter"`
+		}
 		if err := decodeJSON(r, &body); err != nil {
 			return nil, err
 		}
+		q = rooms.PublicRoomsQuery{Limit: body.Limit, Since: body.Since, Search: body.Filter.GenericSearchTerm}
+	} else {
+		v := r.URL.Query()
+		q.Since = v.Get("since")
+		if l := v.Get("limit"); l != "" {
+			n, err := strconv.Atoi(l)
+			if err != nil {
+				return nil, mxerr.InvalidParam("limit must be an integer")
+			}
+			q.Limit = n
+		}
 	}
-	list, err := a.Rooms.PublicRooms(r.Context())
-	if err != nil {
-		return nil, err
+	if server := r.URL.Query().Get("server"); server != "" && server != a.Config.ServerName {
+		return nil, mxerr.Forbidden("listing the rooms of other servers needs federation, which this node does not support yet")
 	}
-	return map[string]any{"chunk": list, "total_room_count_estimate": len(list)}, nil
+	return a.Rooms.PublicRoomsPage(r.Context(), q)
 }
 
 func mxerrMissing(field string) error { return mxerr.MissingParam("%s is required", field) }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -203,6 +205,66 @@ type PublicRoom struct {
 	GuestCanJoin     bool   `json:"guest_can_join"`
 	JoinRule         string `json:"join_rule,omitempty"`
 	RoomType         string `json:"room_type,omitempty"`
+}
+
+// PublicRoomsQuery is a page request of the room directory.
+type PublicRoomsQuery struct {
+	Limit int
+	// Since is a next_batch or prev_batch token from an earlier page.
+	Since string
+	// Search keeps rooms whose name, topic or canonical alias contains it
+	// (case-insensitive).
+	Search string
+}
+
+// PublicRoomsPage is one page of the room directory.
+type PublicRoomsPage struct {
+	Chunk     []PublicRoom `json:"chunk"`
+	NextBatch string       `json:"next_batch,omitempty"`
+	PrevBatch string       `json:"prev_batch,omitempty"`
+	Total     int          `json:"total_room_count_estimate"`
+}
+
+// PublicRoomsPage answers a page of the room directory, largest rooms
+// first. Tokens are offsets into that order.
+func (s *Service) PublicRoomsPage(ctx context.Context, q PublicRoomsQuery) (PublicRoomsPage, error) {
+	offset := 0
+	if q.Since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(q.Since, "o"))
+		if err != nil || n < 0 || !strings.HasPrefix(q.Since, "o") {
+			return PublicRoomsPage{}, mxerr.InvalidParam("since: not a token this server issued")
+		}
+		offset = n
+	}
+	if q.Limit < 0 {
+		return PublicRoomsPage{}, mxerr.InvalidParam("limit must not be negative")
+	}
+	all, err := s.PublicRooms(ctx)
+	if err != nil {
+		return PublicRoomsPage{}, err
+	}
+	term := strings.ToLower(q.Search)
+	list := all[:0]
+	for _, pr := range all {
+		if term == "" || strings.Contains(strings.ToLower(pr.Name+"\n"+pr.Topic+"\n"+pr.CanonicalAlias), term) {
+			list = append(list, pr)
+		}
+	}
+	sort.SliceStable(list, func(i, j int) bool { return list[i].NumJoinedMembers > list[j].NumJoinedMembers })
+	page := PublicRoomsPage{Total: len(list), Chunk: []PublicRoom{}}
+	offset = min(offset, len(list))
+	end := len(list)
+	if q.Limit > 0 {
+		end = min(len(list), offset+q.Limit)
+		if offset > 0 {
+			page.PrevBatch = "o" + strconv.Itoa(max(0, offset-q.Limit))
+		}
+	}
+	if end < len(list) {
+		page.NextBatch = "o" + strconv.Itoa(end)
+	}
+	page.Chunk = append(page.Chunk, list[offset:end]...)
+	return page, nil
 }
 
 // PublicRooms lists the published rooms with their summary.

@@ -62,6 +62,32 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 	return roomID, d.commit(ctx)
 }
 
+// Knock asks to join a room whose join rule allows knocking, and returns
+// the room id.
+func (s *Service) Knock(ctx context.Context, userID, roomIDOrAlias, reason string) (string, error) {
+	roomID := roomIDOrAlias
+	if len(roomIDOrAlias) > 0 && roomIDOrAlias[0] == '#' {
+		a, err := s.resolve(ctx, roomIDOrAlias)
+		if err != nil {
+			return "", err
+		}
+		roomID = a
+	} else if err := checkRoomID(roomID); err != nil {
+		return "", mxerr.InvalidParam("%q is neither a room id nor a room alias", roomIDOrAlias)
+	}
+	err := s.changeMembership(ctx, userID, roomID, userID, spec.Knock, reason, func(d *draft, content map[string]any) error {
+		switch d.members[userID] {
+		case spec.Join, spec.Invite:
+			return mxerr.Forbidden("you are already %s in room %s", map[string]string{spec.Join: "joined", spec.Invite: "invited"}[d.members[userID]], roomID)
+		case spec.Knock:
+			return errNoChange
+		}
+		s.addProfile(ctx, userID, content)
+		return nil
+	})
+	return roomID, err
+}
+
 // Invite invites a local user.
 func (s *Service) Invite(ctx context.Context, sender, roomID, target, reason string) error {
 	if err := checkRoomID(roomID); err != nil {

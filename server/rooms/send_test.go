@@ -265,6 +265,28 @@ func TestMembership(t *testing.T) {
 		dave := e.user(t)
 		wantCode(t, e.rooms.Leave(ctx, dave, roomID, ""), 403, "M_FORBIDDEN")
 	})
+	t.Run("knocking needs a knock join rule; a knock can be invited", func(t *testing.T) {
+		dave := e.user(t)
+		_, err := e.rooms.Knock(ctx, dave, roomID, "")
+		wantCode(t, err, 403, "M_FORBIDDEN")
+		knockRoom := must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{RoomVersion: "11",
+			InitialState: []rooms.InitialState{{Type: "m.room.join_rules", Content: json.RawMessage(`{"join_rule":"knock"}`)}}}))
+		if got := must[string](t)(e.rooms.Knock(ctx, dave, knockRoom, "let me in")); got != knockRoom {
+			t.Fatalf("knock answered %s", got)
+		}
+		if m := must[string](t)(e.store.Rooms().Membership(ctx, knockRoom, dave)); m != "knock" {
+			t.Fatalf("dave is %q", m)
+		}
+		if e.wakes.count(alice) == 0 {
+			t.Fatal("the room's members were not woken by the knock")
+		}
+		if err := e.rooms.Invite(ctx, alice, knockRoom, dave, ""); err != nil {
+			t.Fatal(err)
+		}
+		must[string](t)(e.rooms.Join(ctx, dave, knockRoom, ""))
+		_, err = e.rooms.Knock(ctx, dave, knockRoom, "")
+		wantCode(t, err, 403, "M_FORBIDDEN")
+	})
 	t.Run("join events carry the profile", func(t *testing.T) {
 		st := e.state(t, roomID)
 		if !st["m.room.member|"+alice].Get("membership").Exists() {
@@ -317,6 +339,25 @@ func TestAliases(t *testing.T) {
 		_, _, err := e.rooms.ResolveAlias(ctx, "#second:"+serverName)
 		wantCode(t, err, 404, "M_NOT_FOUND")
 		wantCode(t, e.rooms.DeleteAlias(ctx, alice, "#second:"+serverName), 404, "M_NOT_FOUND")
+	})
+	t.Run("the directory pages and searches", func(t *testing.T) {
+		for i := range 3 {
+			must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Visibility: "public", Name: fmt.Sprintf("Room %d", i), Topic: "Flood"}))
+		}
+		page := must[rooms.PublicRoomsPage](t)(e.rooms.PublicRoomsPage(ctx, rooms.PublicRoomsQuery{Limit: 2}))
+		if len(page.Chunk) != 2 || page.NextBatch == "" || page.Total != 3 {
+			t.Fatalf("first page %+v", page)
+		}
+		next := must[rooms.PublicRoomsPage](t)(e.rooms.PublicRoomsPage(ctx, rooms.PublicRoomsQuery{Limit: 2, Since: page.NextBatch}))
+		if len(next.Chunk) != 1 || next.NextBatch != "" || next.PrevBatch == "" || next.Chunk[0].RoomID == page.Chunk[0].RoomID {
+			t.Fatalf("second page %+v", next)
+		}
+		found := must[rooms.PublicRoomsPage](t)(e.rooms.PublicRoomsPage(ctx, rooms.PublicRoomsQuery{Search: "room 1"}))
+		if len(found.Chunk) != 1 || found.Chunk[0].Name != "Room 1" {
+			t.Fatalf("search %+v", found)
+		}
+		_, err := e.rooms.PublicRoomsPage(ctx, rooms.PublicRoomsQuery{Since: "garbage"})
+		wantCode(t, err, 400, "M_INVALID_PARAM")
 	})
 	t.Run("directory visibility needs power", func(t *testing.T) {
 		wantCode(t, e.rooms.SetVisibility(ctx, bob, roomID, "public"), 403, "M_FORBIDDEN")
