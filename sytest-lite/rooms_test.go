@@ -42,6 +42,32 @@ func TestRooms(t *testing.T) {
 				t.Fatalf("room missing from /publicRooms: %s", list.Raw)
 			}
 		})
+		t.Run("POST /publicRooms pages and searches the directory", func(t *testing.T) {
+			tag := "needle" + randomString(6)
+			roomID := alice.CreateRoom(t, map[string]any{"visibility": "public", "name": "Flood " + tag})
+			res := alice.MustDo(t, "POST", "/_matrix/client/v3/publicRooms",
+				map[string]any{"limit": 5, "filter": map[string]any{"generic_search_term": strings.ToUpper(tag)}}, http.StatusOK)
+			if res.Get("chunk.#").Int() != 1 || res.Get("chunk.0.room_id").String() != roomID {
+				t.Fatalf("search: %s", res.Raw)
+			}
+			page := n.Anonymous().MustDo(t, "GET", "/_matrix/client/v3/publicRooms?limit=1", nil, http.StatusOK)
+			if page.Get("chunk.#").Int() != 1 || page.Get("next_batch").String() == "" {
+				t.Fatalf("first page: %s", page.Raw)
+			}
+			n.Anonymous().MustFail(t, "GET", "/_matrix/client/v3/publicRooms?limit=x", nil, http.StatusBadRequest, "M_INVALID_PARAM")
+		})
+		t.Run("POST /knock asks to join a knockable room", func(t *testing.T) {
+			roomID := alice.CreateRoom(t, map[string]any{"initial_state": []map[string]any{
+				{"type": "m.room.join_rules", "state_key": "", "content": map[string]any{"join_rule": "knock"}}}})
+			res := carol.MustDo(t, "POST", Path("knock", roomID), map[string]any{"reason": "please"}, http.StatusOK)
+			if res.Get("room_id").String() != roomID {
+				t.Fatalf("knock: %s", res.Raw)
+			}
+			alice.Invite(t, roomID, carol.UserID)
+			carol.Join(t, roomID)
+			private := alice.CreateRoom(t, nil)
+			carol.MustFail(t, "POST", Path("knock", private), map[string]any{}, http.StatusForbidden, "M_FORBIDDEN")
+		})
 		t.Run("POST /createRoom refuses bad input", func(t *testing.T) {
 			alice.MustFail(t, "POST", Path("createRoom"), map[string]any{"room_version": "1"}, http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION")
 			alice.MustFail(t, "POST", Path("createRoom"), `{"name":`, http.StatusBadRequest, "M_NOT_JSON")
