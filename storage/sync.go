@@ -31,6 +31,9 @@ type SyncStore interface {
 	// this nid replaced (same room, type and state key, the latest before it
 	// in stream order), or ErrNotFound.
 	PrevState(ctx context.Context, roomID, typ, stateKey string, nid int64) (Event, error)
+	// CurrentMembers returns the room's current members by membership
+	// (from current_state: no event is loaded), ordered by user id.
+	CurrentMembers(ctx context.Context, roomID string) ([]RoomMember, error)
 	// EventByID returns one event (ErrNotFound if unknown).
 	EventByID(ctx context.Context, eventID string) (Event, error)
 	// VisibilityChanges returns, in nid order, the room's accepted
@@ -82,4 +85,10 @@ type EventFilter struct {
 	TypesSet bool
 	// SendersSet tells that Senders was given.
 	SendersSet bool
+}
+
+// RoomMember is one user's current membership of a room.
+type RoomMember struct {
+	UserID     string
+	Membership string
 }

@@ -7,7 +7,6 @@ package sync
 import (
 	"context"
 	"encoding/json"
-	"sort"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -517,7 +516,7 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	}
 	nonEmpty := full || len(evs) > 0 || len(state) > 0
 	if full || hasMember(evs) || hasMember(state) {
-		if err := s.summary(ctx, roomID, v.UserID, to, &jr.Summary); err != nil {
+		if err := s.summary(ctx, roomID, v.UserID, &jr.Summary); err != nil {
 			return nil, false, err
 		}
 	}
@@ -626,29 +625,29 @@ func hasMember(evs []storage.Event) bool {
 	return false
 }
 
-// summary fills the room summary from the state at pos.
-func (s *Service) summary(ctx context.Context, roomID, userID string, pos int64, sum *Summary) error {
-	state, err := s.store.StateAt(ctx, roomID, pos)
+// summary fills the room summary from the room's current members (cheap:
+// no event is loaded; a sync at an older position sees at worst the newer
+// counts its next sync would bring).
+func (s *Service) summary(ctx context.Context, roomID, userID string, sum *Summary) error {
+	members, err := s.store.CurrentMembers(ctx, roomID)
 	if err != nil {
 		return err
 	}
 	joined, invited := 0, 0
 	var heroes []string
-	for _, ev := range state {
-		switch ev.Type {
-		case "m.room.member":
-			m := membershipOf(ev)
-			if m == "join" {
-				joined++
-			} else if m == "invite" {
-				invited++
-			}
-			if (m == "join" || m == "invite") && *ev.StateKey != userID && len(heroes) < 5 {
-				heroes = append(heroes, *ev.StateKey)
-			}
+	for _, m := range members {
+		switch m.Membership {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			continue
+		}
+		if m.UserID != userID && len(heroes) < 5 {
+			heroes = append(heroes, m.UserID)
 		}
 	}
-	sort.Strings(heroes)
 	sum.Heroes, sum.Joined, sum.Invited = heroes, &joined, &invited
 	return nil
 }

@@ -217,6 +217,26 @@ func (s *syncStore) PrevState(ctx context.Context, roomID, typ, stateKey string,
 	return evs[0], nil
 }
 
+func (s *syncStore) CurrentMembers(ctx context.Context, roomID string) ([]storage.RoomMember, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT state_key, membership FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' ORDER BY state_key`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []storage.RoomMember
+	for rows.Next() {
+		var m storage.RoomMember
+		var membership sql.NullString
+		if err := rows.Scan(&m.UserID, &membership); err != nil {
+			return nil, err
+		}
+		m.Membership = membership.String
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
 func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Event, error) {
 	return loadEventByID(ctx, s.db.R, eventID)
 }

@@ -7,6 +7,7 @@ package sqlstore_test
 import (
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -306,6 +307,27 @@ func TestSyncStoreOnSeededRoom(t *testing.T) {
 				t.Fatalf("changes = %v\nwant %v", ch, want)
 			}
 			_ = aliceJoin
+		})
+
+		t.Run("current members, rooms with new events and the state an event replaced", func(t *testing.T) {
+			members, err := ss.CurrentMembers(ctx, "!room:x")
+			if err != nil || fmt.Sprint(members) != "[{@alice:x join} {@bob:x leave}]" {
+				t.Fatalf("members = %v, %v", members, err)
+			}
+			active, err := ss.RoomsWithEvents(ctx, m2, m3)
+			if err != nil || !active["!room:x"] || len(active) != 1 {
+				t.Fatalf("rooms with events after m2 = %v, %v", active, err)
+			}
+			if active, _ := ss.RoomsWithEvents(ctx, m3, m3); len(active) != 0 {
+				t.Fatalf("rooms with events in an empty window = %v", active)
+			}
+			prev, err := ss.PrevState(ctx, "!room:x", "m.room.name", "", name2)
+			if err != nil || prev.NID != name1 {
+				t.Fatalf("prev of the rename = %d, %v; want %d", prev.NID, err, name1)
+			}
+			if _, err := ss.PrevState(ctx, "!room:x", "m.room.name", "", name1); !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("prev of the first name: %v", err)
+			}
 		})
 
 		t.Run("forgotten rooms are listed per user", func(t *testing.T) {
