@@ -3,9 +3,19 @@ package sytest
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/pushrules"
 )
+
+// adRoom is the room as mautrix-go's push rule evaluation sees it.
+type adRoom struct{ members int }
+
+func (r adRoom) GetOwnDisplayname() string { return "" }
+func (r adRoom) GetMemberCount() int       { return r.members }
 
 // adPath is a /user/{userId}/… client API path.
 func adPath(userID string, rest ...string) string {
@@ -67,6 +77,26 @@ func TestAccountDataScenarios(t *testing.T) {
 			alice.SyncUntil(t, start, "", func(body gjson.Result) bool {
 				return adHasEvent(adRoomPart(body, roomID).Get("account_data"), "m.tag").Exists()
 			})
+		})
+
+		t.Run("Can add, list and remove room tags", func(t *testing.T) {
+			start := alice.Sync(t, "").Get("next_batch").String()
+			tags := adPath(alice.UserID, "rooms", roomID, "tags")
+			alice.MustDo(t, "PUT", tags+"/m.favourite", map[string]any{"order": 0.5}, ok)
+			alice.MustDo(t, "PUT", tags+"/u.work", map[string]any{}, ok)
+			got := alice.MustDo(t, "GET", tags, nil, ok)
+			if got.Get("tags.m\\.favourite.order").Float() != 0.5 || !got.Get("tags.u\\.work").Exists() {
+				t.Fatalf("tags %s", got.Raw)
+			}
+			alice.SyncUntil(t, start, "", func(body gjson.Result) bool {
+				return adHasEvent(adRoomPart(body, roomID).Get("account_data"), "m.tag").Get("content.tags.m\\.favourite").Exists()
+			})
+			alice.MustDo(t, "DELETE", tags+"/m.favourite", nil, ok)
+			if got := alice.MustDo(t, "GET", tags, nil, ok); got.Get("tags.m\\.favourite").Exists() {
+				t.Fatalf("after delete %s", got.Raw)
+			}
+			alice.MustFail(t, "PUT", tags+"/u.bad", map[string]any{"order": "first"}, http.StatusBadRequest, "M_BAD_JSON")
+			bob.MustFail(t, "GET", tags, nil, http.StatusForbidden, "M_FORBIDDEN")
 		})
 
 		t.Run("Cannot read another user's account data", func(t *testing.T) {
@@ -233,6 +263,44 @@ func TestAccountDataScenarios(t *testing.T) {
 			})
 			alice.SyncUntil(t, before, "", func(body gjson.Result) bool {
 				return adHasEvent(body.Get("account_data"), "org.example.after").Exists()
+			})
+		})
+
+		t.Run("mautrix-go reads the push rules and drives receipts and typing", func(t *testing.T) {
+			ctx := t.Context()
+			mc := bob.Mautrix(t)
+			rules, err := mc.GetPushRules(ctx)
+			if err != nil {
+				t.Fatalf("GetPushRules: %v", err)
+			}
+			msg := func(content map[string]any) *event.Event {
+				return &event.Event{Type: event.EventMessage, Sender: id.UserID(alice.UserID), RoomID: id.RoomID(roomID),
+					Content: event.Content{Raw: content}}
+			}
+			should := func(room adRoom, evt *event.Event) pushrules.PushActionArrayShould {
+				return rules.GetActions(room, evt).Should()
+			}
+			if s := should(adRoom{2}, msg(map[string]any{"msgtype": "m.text", "body": "hi"})); !s.Notify || s.Highlight || !s.PlaySound {
+				t.Errorf("1:1 message: %+v", s)
+			}
+			if s := should(adRoom{5}, msg(map[string]any{"msgtype": "m.notice", "body": "bot"})); s.Notify {
+				t.Errorf("notice: %+v", s)
+			}
+			mention := msg(map[string]any{"msgtype": "m.text", "body": "bob!", "m.mentions": map[string]any{"user_ids": []any{bob.UserID}}})
+			if s := should(adRoom{5}, mention); !s.Notify || !s.Highlight {
+				t.Errorf("mention: %+v", s)
+			}
+			ev := alice.SendText(t, roomID, "for mautrix")
+			if err := mc.MarkRead(ctx, id.RoomID(roomID), id.EventID(ev)); err != nil {
+				t.Fatalf("MarkRead: %v", err)
+			}
+			if _, err := mc.UserTyping(ctx, id.RoomID(roomID), true, 10*time.Second); err != nil {
+				t.Fatalf("UserTyping: %v", err)
+			}
+			alice.SyncUntil(t, "", "", func(body gjson.Result) bool {
+				eph := adRoomPart(body, roomID).Get("ephemeral")
+				return adHasEvent(eph, "m.receipt").Get("content."+gjson.Escape(ev)+".m\\.read."+gjson.Escape(bob.UserID)).Exists() &&
+					adHasEvent(eph, "m.typing").Get("content.user_ids.#(=="+bob.UserID+")").Exists()
 			})
 		})
 	})
