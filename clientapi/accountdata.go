@@ -19,6 +19,11 @@ func (a *API) registerAccountData(v3 *mux.Router) {
 	v3.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", a.authed(a.getAccountData)).Methods(get)
 	v3.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", a.authed(a.putAccountData)).Methods(put)
 
+	tags := "/user/{userId}/rooms/{roomId}/tags"
+	v3.Handle(tags, a.authed(a.getTags)).Methods(get)
+	v3.Handle(tags+"/{tag}", a.authed(a.putTag)).Methods(put)
+	v3.Handle(tags+"/{tag}", a.authed(a.deleteTag)).Methods(del)
+
 	v3.Handle("/pushrules/", a.authed(a.getPushRules)).Methods(get)
 	v3.Handle("/pushrules", a.authed(a.getPushRules)).Methods(get)
 	v3.Handle("/pushrules/global/", a.authed(a.getGlobalPushRules)).Methods(get)
@@ -55,6 +60,38 @@ func (a *API) putAccountData(r *http.Request, dev *accounts.Device) (any, error)
 		return nil, err
 	}
 	return struct{}{}, a.AccountData.Put(r.Context(), dev.UserID, v[0], v[1], v[2], content)
+}
+
+func (a *API) getTags(r *http.Request, dev *accounts.Device) (any, error) {
+	v, err := pathVars(r, "userId", "roomId")
+	if err != nil {
+		return nil, err
+	}
+	tags, err := a.AccountData.Tags(r.Context(), dev.UserID, v[0], v[1])
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"tags": tags}, nil
+}
+
+func (a *API) putTag(r *http.Request, dev *accounts.Device) (any, error) {
+	v, err := pathVars(r, "userId", "roomId", "tag")
+	if err != nil {
+		return nil, err
+	}
+	var body json.RawMessage
+	if err := decodeJSON(r, &body); err != nil {
+		return nil, err
+	}
+	return struct{}{}, a.AccountData.SetTag(r.Context(), dev.UserID, v[0], v[1], v[2], body)
+}
+
+func (a *API) deleteTag(r *http.Request, dev *accounts.Device) (any, error) {
+	v, err := pathVars(r, "userId", "roomId", "tag")
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, a.AccountData.DeleteTag(r.Context(), dev.UserID, v[0], v[1], v[2])
 }
 
 func (a *API) getPushRules(r *http.Request, dev *accounts.Device) (any, error) {

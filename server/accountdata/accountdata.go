@@ -30,8 +30,8 @@ type Service struct {
 	log   logrus.FieldLogger
 	now   func() time.Time
 
-	// pushMu serialises read-modify-write of a user's push rules.
-	pushMu gosync.Mutex
+	// editMu serialises read-modify-writes (push rules, room tags).
+	editMu gosync.Mutex
 
 	// ephMu guards typing and is held from handing out an ephemeral
 	// position until the in-memory change carrying it is visible, so a sync

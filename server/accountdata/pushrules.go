@@ -235,8 +235,8 @@ func (s *Service) edit(ctx context.Context, userID, kind string, fn func(rules [
 	if err := checkKind(kind); err != nil {
 		return err
 	}
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
+	s.editMu.Lock()
+	defer s.editMu.Unlock()
 	rs, err := s.pushRules(ctx, userID)
 	if err != nil {
 		return err
