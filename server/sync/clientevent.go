@@ -39,6 +39,9 @@ type Unsigned struct {
 // device only.
 type Viewer struct {
 	UserID, DeviceID string
+	// Federation asks for events as stored (a filter's
+	// event_format "federation") instead of the client format.
+	Federation bool
 }
 
 // ToClient converts a stored event to the client format. withRoomID says
@@ -86,6 +89,10 @@ func (s *Service) convert(ctx context.Context, evs []storage.Event, v Viewer, wi
 	now := time.Now()
 	out := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
+		if v.Federation {
+			out = append(out, json.RawMessage(ev.JSON))
+			continue
+		}
 		ce := ToClient(ev, v, withRoomID, now)
 		if prevContent && ev.StateKey != nil {
 			prev, err := s.store.PrevState(ctx, ev.RoomID, ev.Type, *ev.StateKey, ev.NID)

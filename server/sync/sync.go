@@ -242,7 +242,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		FallbackTypes: []string{},
 	}
 	empty := true
-	viewer := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	viewer := Viewer{UserID: req.UserID, DeviceID: req.DeviceID, Federation: f.EventFormat == "federation"}
 	rf := f.room()
 
 	mems, err := s.store.UserMemberships(ctx, req.UserID, to.Timeline)

@@ -332,6 +332,15 @@ func TestSyncService(t *testing.T) {
 			}
 		})
 
+		t.Run("event_format federation gives events as stored", func(t *testing.T) {
+			res := doSync(t, svc, sync.Request{UserID: "@alice:x", DeviceID: "A", Filter: `{"event_format":"federation","room":{"timeline":{"limit":1}}}`})
+			ev := res.Get(`rooms.join.!room:x.timeline.events.0`)
+			// As stored: room_id inside, no event_id (room versions 3+), nothing added in unsigned.
+			if ev.Get("room_id").String() != "!room:x" || ev.Get("event_id").Exists() || ev.Get("unsigned").Exists() {
+				t.Fatalf("federation-format event = %s", ev.Raw)
+			}
+		})
+
 		t.Run("filters are stored per user", func(t *testing.T) {
 			id, err := svc.StoreFilter(ctx, "@alice:x", []byte(`{"room":{"timeline":{"limit":1}}}`))
 			if err != nil {
