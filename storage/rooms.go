@@ -11,6 +11,9 @@ type RoomStore interface {
 	RoomVersion(ctx context.Context, roomID string) (string, error)
 	// CurrentState returns the room's current state events.
 	CurrentState(ctx context.Context, roomID string) ([]Event, error)
+	// StateEvents returns the room's current state events for these
+	// (type, state key) pairs; pairs without an event are left out.
+	StateEvents(ctx context.Context, roomID string, keys []StateKey) ([]Event, error)
 	// ForwardExtremities returns the room's forward extremities (the
 	// prev_events of its next event) and the greatest depth among them.
 	ForwardExtremities(ctx context.Context, roomID string) (eventIDs []string, maxDepth int64, err error)
@@ -86,3 +89,6 @@ type Alias struct {
 	Alias, RoomID, Creator string
 	CreatedTS              int64
 }
+
+// StateKey names one piece of room state.
+type StateKey struct{ Type, StateKey string }

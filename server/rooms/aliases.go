@@ -143,7 +143,7 @@ func (s *Service) membership(ctx context.Context, roomID, userID string) (string
 // mayAdminister tells whether a joined member's power level allows setting
 // the room's canonical alias (the level used for directory changes).
 func (s *Service) mayAdminister(ctx context.Context, roomID, userID string) (bool, error) {
-	d, err := s.loadDraft(ctx, roomID)
+	d, err := s.loadDraft(ctx, roomID, []string{userID})
 	if err != nil {
 		return false, err
 	}

@@ -40,7 +40,7 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
-	d, err := s.loadDraft(ctx, roomID)
+	d, err := s.loadDraft(ctx, roomID, []string{userID})
 	if err != nil {
 		var mx *mxerr.Error
 		if errors.As(err, &mx) && mx.Code == "M_NOT_FOUND" {
@@ -206,7 +206,7 @@ func (s *Service) changeMembership(ctx context.Context, sender, roomID, target, 
 	check func(d *draft, content map[string]any) error) error {
 	unlock := s.lock(roomID)
 	defer unlock()
-	d, err := s.loadDraft(ctx, roomID)
+	d, err := s.loadDraft(ctx, roomID, []string{sender, target})
 	if err != nil {
 		return err
 	}

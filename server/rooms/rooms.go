@@ -94,7 +94,7 @@ type draft struct {
 	verImpl gomatrixserverlib.IRoomVersion
 	roomID  string
 	state   *gomatrixserverlib.AuthEvents
-	members map[string]string // user -> membership, current
+	members map[string]string // user -> membership, for the users loaded
 	current map[stateTuple]gomatrixserverlib.PDU
 	prev    []string
 	depth   int64
@@ -114,8 +114,12 @@ func (s *Service) newDraft(version string, public bool) (*draft, error) {
 		newRoom: &storage.NewRoom{Version: version, Public: public}}, nil
 }
 
-// loadDraft reads an existing room's state. The caller holds the room lock.
-func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) {
+// loadDraft reads what building events on an existing room needs: the
+// state the auth rules read (create, power levels, join rules), the
+// memberships of users, and any extra state. The whole state is not
+// loaded: a send in a large room must not read every member. The caller
+// holds the room lock.
+func (s *Service) loadDraft(ctx context.Context, roomID string, users []string, extra ...stateTuple) (*draft, error) {
 	version, err := s.store.RoomVersion(ctx, roomID)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
@@ -127,7 +131,14 @@ func (s *Service) loadDraft(ctx context.Context, roomID string) (*draft, error) 
 	if err != nil {
 		return nil, fmt.Errorf("room %s has version %q: %w", roomID, version, err)
 	}
-	evs, err := s.store.CurrentState(ctx, roomID)
+	keys := []storage.StateKey{{Type: spec.MRoomCreate}, {Type: spec.MRoomPowerLevels}, {Type: spec.MRoomJoinRules}}
+	for _, u := range users {
+		keys = append(keys, storage.StateKey{Type: spec.MRoomMember, StateKey: u})
+	}
+	for _, t := range extra {
+		keys = append(keys, storage.StateKey{Type: t.typ, StateKey: t.stateKey})
+	}
+	evs, err := s.store.StateEvents(ctx, roomID, keys)
 	if err != nil {
 		return nil, err
 	}
@@ -258,11 +269,15 @@ func (d *draft) commit(ctx context.Context) error {
 	if _, err := d.s.store.PersistEvents(ctx, d.out); err != nil {
 		return err
 	}
-	wake := map[string]bool{}
-	for u, m := range d.members {
-		if m == spec.Join {
-			wake[u] = true
-		}
+	// Everyone joined now, and everyone whose membership changed (the
+	// kicked, banned, invited, leaving).
+	joined, err := d.s.store.JoinedMembers(ctx, d.roomID)
+	if err != nil {
+		d.s.log.WithError(err).WithField("room_id", d.roomID).Warn("listing members to wake")
+	}
+	wake := make(map[string]bool, len(joined))
+	for _, u := range joined {
+		wake[u] = true
 	}
 	for _, ev := range d.out {
 		if ev.Type == spec.MRoomMember && ev.StateKey != nil {

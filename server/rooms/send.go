@@ -59,7 +59,7 @@ func (s *Service) withTxn(ctx context.Context, userID, deviceID, roomID, txnID s
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
-	d, err := s.loadDraft(ctx, roomID)
+	d, err := s.loadDraft(ctx, roomID, []string{userID})
 	if err != nil {
 		return "", err
 	}
@@ -98,7 +98,11 @@ func (s *Service) SendState(ctx context.Context, userID, roomID, typ, stateKey s
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
-	d, err := s.loadDraft(ctx, roomID)
+	users := []string{userID}
+	if typ == spec.MRoomMember {
+		users = append(users, stateKey)
+	}
+	d, err := s.loadDraft(ctx, roomID, users, stateTuple{typ, stateKey})
 	if err != nil {
 		return "", err
 	}

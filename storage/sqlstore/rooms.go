@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/trustcase/node/storage"
 )
@@ -23,6 +24,23 @@ func (s *roomStore) RoomVersion(ctx context.Context, roomID string) (string, err
 func (s *roomStore) CurrentState(ctx context.Context, roomID string) ([]storage.Event, error) {
 	return loadEvents(ctx, s.db.R, `WHERE e.event_nid IN (SELECT event_nid FROM current_state WHERE room_id = $1)
 		ORDER BY e.event_nid`, roomID)
+}
+
+func (s *roomStore) StateEvents(ctx context.Context, roomID string, keys []storage.StateKey) ([]storage.Event, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	var b strings.Builder
+	args := []any{roomID}
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(" OR ")
+		}
+		args = append(args, k.Type, k.StateKey)
+		fmt.Fprintf(&b, "(type = $%d AND state_key = $%d)", len(args)-1, len(args))
+	}
+	return loadEvents(ctx, s.db.R, `WHERE e.event_nid IN (SELECT event_nid FROM current_state WHERE room_id = $1
+		AND (`+b.String()+`)) ORDER BY e.event_nid`, args...)
 }
 
 func (s *roomStore) ForwardExtremities(ctx context.Context, roomID string) ([]string, int64, error) {

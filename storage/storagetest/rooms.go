@@ -82,6 +82,14 @@ func testRooms(t *testing.T, open Opener) {
 		if err != nil || len(state) != 3 {
 			t.Fatalf("current state %d events, %v", len(state), err)
 		}
+		picked, err := rs.StateEvents(ctx, w.roomID, []storage.StateKey{{Type: "m.room.create"}, {Type: "m.room.member", StateKey: bob},
+			{Type: "m.room.member", StateKey: "@nobody:a.test"}})
+		if err != nil || len(picked) != 2 || picked[0].Type != "m.room.create" || *picked[1].StateKey != bob {
+			t.Fatalf("picked state %+v, %v", picked, err)
+		}
+		if none, err := rs.StateEvents(ctx, w.roomID, nil); err != nil || len(none) != 0 {
+			t.Fatalf("no keys: %v, %v", none, err)
+		}
 		got, err := rs.Event(ctx, msg.EventID)
 		if err != nil || gjson.GetBytes(got.JSON, "content.body").String() != "hi ✓" || got.ContentPurged || got.StateKey != nil {
 			t.Fatalf("message %+v, %v", got, err)
