@@ -11,6 +11,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/trustcase/node/server/accounts"
 	"github.com/trustcase/node/server/rooms"
 	"github.com/trustcase/node/storage"
 )
@@ -288,9 +289,21 @@ func TestMembership(t *testing.T) {
 		wantCode(t, err, 403, "M_FORBIDDEN")
 	})
 	t.Run("join events carry the profile", func(t *testing.T) {
-		st := e.state(t, roomID)
-		if !st["m.room.member|"+alice].Get("membership").Exists() {
-			t.Fatal("no member event")
+		erin := e.user(t)
+		dev := &accounts.Device{UserID: erin, DeviceID: "D"}
+		if err := e.accounts.SetProfileField(ctx, dev, erin, "displayname", json.RawMessage(`"Erin"`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.accounts.SetProfileField(ctx, dev, erin, "avatar_url", json.RawMessage(`"mxc://x/y"`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rooms.Invite(ctx, alice, roomID, erin, ""); err != nil {
+			t.Fatal(err)
+		}
+		must[string](t)(e.rooms.Join(ctx, erin, roomID, ""))
+		join := e.state(t, roomID)["m.room.member|"+erin]
+		if join.Get("membership").String() != "join" || join.Get("displayname").String() != "Erin" || join.Get("avatar_url").String() != "mxc://x/y" {
+			t.Fatalf("join content %s", join.Raw)
 		}
 	})
 }
