@@ -166,9 +166,14 @@ func (s *Service) SetTyping(ctx context.Context, caller, userID, roomID string, 
 		return err
 	}
 	if typing {
-		time.AfterFunc(timeout, func() { s.expireTyping(roomID, userID, 0) })
+		s.scheduleExpiry(roomID, userID, timeout)
 	}
 	return s.wakeRoom(ctx, roomID)
+}
+
+// scheduleExpiry stops the user typing after timeout unless refreshed.
+func (s *Service) scheduleExpiry(roomID, userID string, timeout time.Duration) {
+	time.AfterFunc(timeout, func() { s.expireTyping(roomID, userID, 0) })
 }
 
 // setTyping records the change and, when who types changes, gives it the
