@@ -3,8 +3,11 @@ package rooms
 import (
 	"context"
 	"errors"
+	"sort"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
@@ -55,6 +58,15 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 	s.addProfile(ctx, userID, content)
 	if reason != "" {
 		content["reason"] = reason
+	}
+	if via, err := s.restrictedJoin(ctx, d, userID); err != nil {
+		return "", err
+	} else if via != "" {
+		// The auth rules read the authoriser's membership: load it too.
+		if d, err = s.loadDraft(ctx, roomID, []string{userID, via}); err != nil {
+			return "", err
+		}
+		content["join_authorised_via_users_server"] = via
 	}
 	if _, err := d.add(userID, spec.MRoomMember, ptr(userID), content, "", nil); err != nil {
 		return "", err
@@ -225,4 +237,67 @@ func (s *Service) changeMembership(ctx context.Context, sender, roomID, target, 
 		return err
 	}
 	return d.commit(ctx)
+}
+
+// restrictedJoin handles joins to rooms with a restricted (or
+// knock_restricted) join rule by a user who is not invited (spec: room
+// versions 8+, "Restricted rooms"): if the user is joined to a room the
+// rule allows, it returns a local member with the power to invite, whom
+// the join names as its authoriser. "" when the rule does not apply.
+func (s *Service) restrictedJoin(ctx context.Context, d *draft, userID string) (string, error) {
+	jr := d.current[stateTuple{spec.MRoomJoinRules, ""}]
+	if jr == nil || d.members[userID] == spec.Invite {
+		return "", nil
+	}
+	content := gjson.ParseBytes(jr.Content())
+	rule := content.Get("join_rule").String()
+	if rule != "restricted" && rule != "knock_restricted" {
+		return "", nil
+	}
+	allowed := false
+	for _, a := range content.Get("allow").Array() {
+		if a.Get("type").String() != "m.room_membership" {
+			continue
+		}
+		m, err := s.store.Membership(ctx, a.Get("room_id").String(), userID)
+		if err != nil {
+			return "", err
+		}
+		if m == spec.Join {
+			allowed = true
+			break
+		}
+	}
+	if !allowed {
+		if rule == "knock_restricted" {
+			return "", nil // the auth rules refuse with their reason; knocking stays open
+		}
+		return "", mxerr.Forbidden("you are not invited and not a member of a room whose members may join")
+	}
+	// Candidates: creators (privileged in v12) and users with invite power.
+	pl := d.powerLevels()
+	var candidates []string
+	if c := d.current[stateTuple{spec.MRoomCreate, ""}]; c != nil {
+		candidates = append(candidates, gomatrixserverlib.CreatorsFromCreateEvent(c)...)
+	}
+	for u, level := range pl.Users {
+		if level >= pl.Invite {
+			candidates = append(candidates, u)
+		}
+	}
+	sort.Strings(candidates[min(1, len(candidates)):])
+	for _, u := range candidates {
+		uid, err := spec.NewUserID(u, true)
+		if err != nil || uid.Domain() != s.key.ServerName {
+			continue
+		}
+		m, err := s.store.Membership(ctx, d.roomID, u)
+		if err != nil {
+			return "", err
+		}
+		if m == spec.Join && d.userLevelLoaded(u, pl) >= pl.Invite {
+			return u, nil
+		}
+	}
+	return "", mxerr.Forbidden("no member of this server can authorise the join")
 }

@@ -308,6 +308,14 @@ func (d *draft) powerLevels() gomatrixserverlib.PowerLevelContent {
 	return pl
 }
 
+// userLevelLoaded is userLevel with the power levels already read.
+func (d *draft) userLevelLoaded(userID string, pl gomatrixserverlib.PowerLevelContent) int64 {
+	if d.verImpl.PrivilegedCreators() && d.isCreator(userID) {
+		return 1 << 53
+	}
+	return pl.UserLevel(spec.SenderID(userID))
+}
+
 // userLevel is the user's power level; privileged creators (room v12) are
 // above every level.
 func (d *draft) userLevel(userID string) int64 {

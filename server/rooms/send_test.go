@@ -392,3 +392,26 @@ func must2(t *testing.T) func(a string, b []string, err error) (string, []string
 		return a, b
 	}
 }
+
+func TestRestrictedJoin(t *testing.T) {
+	ctx := context.Background()
+	for _, version := range []string{"10", "11", "12"} {
+		t.Run("version "+version+": members of an allowed room may join", func(t *testing.T) {
+			e := newEnv(t)
+			alice, bob, carol := e.user(t), e.user(t), e.user(t)
+			space := must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{RoomVersion: version, Preset: "public_chat"}))
+			must[string](t)(e.rooms.Join(ctx, bob, space, ""))
+			rule := fmt.Sprintf(`{"join_rule":"restricted","allow":[{"type":"m.room_membership","room_id":%q}]}`, space)
+			roomID := must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{RoomVersion: version,
+				InitialState: []rooms.InitialState{{Type: "m.room.join_rules", Content: json.RawMessage(rule)}}}))
+
+			_, err := e.rooms.Join(ctx, carol, roomID, "")
+			wantCode(t, err, 403, "M_FORBIDDEN")
+			must[string](t)(e.rooms.Join(ctx, bob, roomID, ""))
+			join := e.state(t, roomID)["m.room.member|"+bob]
+			if join.Get("membership").String() != "join" || join.Get("join_authorised_via_users_server").String() != alice {
+				t.Fatalf("bob's join %s", join.Raw)
+			}
+		})
+	}
+}
