@@ -114,6 +114,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log logrus.FieldLogger, 
 		mx = mxerr.NotFound("not found")
 	case errors.Is(err, storage.ErrConflict):
 		mx = mxerr.New(http.StatusConflict, "M_UNKNOWN", "conflicting request")
+	case r.Context().Err() != nil:
+		// Not a fault: the client went away, or the node is stopping and cut a long-poll short.
+		log.WithFields(requestFields(r)).WithError(err).Debug("request cancelled")
+		mx = mxerr.New(http.StatusServiceUnavailable, "M_UNKNOWN", "the request was cancelled (the node may be stopping); retry")
 	default:
 		log.WithFields(requestFields(r)).WithError(err).Error("internal error")
 		mx = mxerr.Internal()

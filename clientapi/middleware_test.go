@@ -126,3 +126,24 @@ func TestInternalErrorLogCarriesTheRequestID(t *testing.T) {
 		t.Fatalf("the error log line does not carry request_id=%s:\n%s", id, buf.String())
 	}
 }
+
+func TestCancelledRequestIsNotAnInternalError(t *testing.T) {
+	log := logrus.New()
+	var buf bytes.Buffer
+	log.SetOutput(&buf)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the client went away, or shutdown cut a long-poll short
+	r := httptest.NewRequest("GET", "/_matrix/client/v3/sync", nil).WithContext(ctx)
+	rec := httptest.NewRecorder()
+	writeError(rec, r, log, context.Canceled)
+	if rec.Code != http.StatusServiceUnavailable || strings.Contains(buf.String(), "level=error") {
+		t.Fatalf("HTTP %d, log %q; want 503 and no error line", rec.Code, buf.String())
+	}
+	// With a live request, the same error is an internal one.
+	buf.Reset()
+	rec = httptest.NewRecorder()
+	writeError(rec, httptest.NewRequest("GET", "/x", nil), log, errors.New("boom"))
+	if rec.Code != http.StatusInternalServerError || !strings.Contains(buf.String(), "level=error") {
+		t.Fatalf("HTTP %d, log %q; want 500 and an error line", rec.Code, buf.String())
+	}
+}
