@@ -311,6 +311,18 @@ func TestPushRuleEdits(t *testing.T) {
 			t.Fatalf("room rule %s", got)
 		}
 	})
+	t.Run("a kind holds at most maxRulesPerKind rules; replacing one still works", func(t *testing.T) {
+		s, _, _ := newTestService(t)
+		for i := len(DefaultRules(alice).Global.Sender); i < maxRulesPerKind; i++ {
+			if err := s.PutRule(t.Context(), alice, "sender", fmt.Sprintf("@u%d:a.test", i), "", "", PutRuleRequest{Actions: &[]any{}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantErr(t, s.PutRule(t.Context(), alice, "sender", "@more:a.test", "", "", PutRuleRequest{Actions: &[]any{}}), 400, "M_UNKNOWN")
+		if err := s.PutRule(t.Context(), alice, "sender", "@u0:a.test", "", "", PutRuleRequest{Actions: &[]any{"notify"}}); err != nil {
+			t.Fatalf("replacing at the cap: %v", err)
+		}
+	})
 	t.Run("concurrent edits are all kept", func(t *testing.T) {
 		s, _, _ := newTestService(t)
 		var wg gosync.WaitGroup

@@ -252,6 +252,10 @@ func (s *Service) edit(ctx context.Context, userID, kind string, fn func(rules [
 	return s.put(ctx, userID, "", typePushRules, raw)
 }
 
+// maxRulesPerKind bounds a kind's rules (the whole set is rewritten on
+// every edit and sent to clients in /sync).
+const maxRulesPerKind = 500
+
 // PutRuleRequest is the body of PUT /pushrules/global/{kind}/{ruleId}.
 type PutRuleRequest struct {
 	Actions    *[]any       `json:"actions"`
@@ -321,6 +325,11 @@ func (s *Service) PutRule(ctx context.Context, userID, kind, ruleID, before, aft
 		}
 	}
 	return s.edit(ctx, userID, kind, func(rules []Rule) ([]Rule, error) {
+		if len(rules) >= maxRulesPerKind {
+			if _, err := find(rules, ruleID); err != nil {
+				return nil, mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "at most %d %s rules", maxRulesPerKind, kind)
+			}
+		}
 		at := -1 // where the rule goes in the list without it
 		if i, err := find(rules, ruleID); err == nil {
 			rule.Enabled = rules[i].Enabled
