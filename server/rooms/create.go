@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/trustcase/node/server/mxerr"
@@ -135,6 +136,10 @@ func (s *Service) CreateRoom(ctx context.Context, userID string, req CreateReque
 	}
 	if _, err := d.add(userID, spec.MRoomCreate, ptr(""), create, "", nil); err != nil {
 		return "", invalidState(err)
+	}
+	// The auth rules of every later event read the create content: it must parse.
+	if _, err := gomatrixserverlib.NewCreateContentFromAuthEvents(d.state, userIDForSender); err != nil {
+		return "", mxerr.New(http.StatusBadRequest, "M_INVALID_ROOM_STATE", "creation_content: %v", err)
 	}
 	// 2. the creator joins
 	join := map[string]any{"membership": spec.Join}

@@ -99,7 +99,6 @@ type draft struct {
 	prev    []string
 	depth   int64
 	out     []storage.NewEvent
-	built   []gomatrixserverlib.PDU
 	newRoom *storage.NewRoom
 }
 
@@ -254,7 +253,6 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 		}
 	}
 	d.out = append(d.out, ne)
-	d.built = append(d.built, ev)
 	d.prev = []string{ev.EventID()}
 	d.depth = ev.Depth()
 	return ev, nil

@@ -237,6 +237,12 @@ func TestCreateRoom(t *testing.T) {
 			{"create in initial_state", rooms.CreateRequest{InitialState: []rooms.InitialState{{Type: "m.room.create", Content: json.RawMessage(`{}`)}}}, 400, "M_INVALID_ROOM_STATE"},
 			{"non-object initial content", rooms.CreateRequest{InitialState: []rooms.InitialState{{Type: "x.y", Content: json.RawMessage(`[]`)}}}, 400, "M_INVALID_ROOM_STATE"},
 			{"bad alias name", rooms.CreateRequest{RoomAliasName: "a b"}, 400, "M_INVALID_PARAM"},
+			{"v12 additional_creators not a list", rooms.CreateRequest{RoomVersion: "12",
+				CreationContent: map[string]json.RawMessage{"additional_creators": json.RawMessage(`"x"`)}}, 400, "M_INVALID_ROOM_STATE"},
+			{"v12 additional_creators not user ids", rooms.CreateRequest{RoomVersion: "12",
+				CreationContent: map[string]json.RawMessage{"additional_creators": json.RawMessage(`["nope", 5]`)}}, 400, "M_INVALID_ROOM_STATE"},
+			{"v11 creation_content type not a string", rooms.CreateRequest{RoomVersion: "11",
+				CreationContent: map[string]json.RawMessage{"m.federate": json.RawMessage(`"yes"`)}}, 400, "M_INVALID_ROOM_STATE"},
 		}
 		before := must[int64](t)(e.store.Sync().TimelinePosition(ctx))
 		for _, c := range cases {
