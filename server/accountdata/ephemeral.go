@@ -162,11 +162,16 @@ func (s *Service) SetTyping(ctx context.Context, caller, userID, roomID string, 
 	}
 	timeout = min(timeout, MaxTypingTimeout)
 	changed, err := s.setTyping(ctx, roomID, userID, typing, s.now().Add(timeout))
-	if err != nil || !changed {
+	if err != nil {
 		return err
 	}
 	if typing {
+		// Also on a refresh: a shorter timeout must not wait for the
+		// earlier, later timer (a timer that finds a later expiry re-arms).
 		s.scheduleExpiry(roomID, userID, timeout)
+	}
+	if !changed {
+		return nil
 	}
 	return s.wakeRoom(ctx, roomID)
 }

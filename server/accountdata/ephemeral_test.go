@@ -206,6 +206,27 @@ func TestTyping(t *testing.T) {
 			t.Fatalf("alice sees %s", eph)
 		}
 	})
+	t.Run("a refresh with a shorter timeout expires at the shorter time", func(t *testing.T) {
+		s, db, w := newTestService(t)
+		ctx := t.Context()
+		const room = "!sh:a.test"
+		seedRoom(t, db, room)
+		if err := s.SetTyping(ctx, bob, bob, room, true, MaxTypingTimeout); err != nil {
+			t.Fatal(err)
+		}
+		<-w.rung
+		if err := s.SetTyping(ctx, bob, bob, room, true, 20*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-w.rung:
+		case <-time.After(5 * time.Second):
+			t.Fatal("typing did not expire at the refreshed, shorter timeout")
+		}
+		if len(s.Typing(room)) != 0 {
+			t.Fatalf("still typing: %v", s.Typing(room))
+		}
+	})
 	t.Run("refusals: another user, not joined, negative timeout", func(t *testing.T) {
 		s, db, _ := newTestService(t)
 		ctx := t.Context()

@@ -53,11 +53,14 @@ func (e TypingEDUReceiver) ReceiveEDU(ctx context.Context, origin spec.ServerNam
 		return err
 	}
 	changed, err := e.s.setTyping(ctx, c.RoomID, c.UserID, c.Typing, e.s.now().Add(DefaultTypingTimeout))
-	if err != nil || !changed {
+	if err != nil {
 		return err
 	}
 	if c.Typing {
 		e.s.scheduleExpiry(c.RoomID, c.UserID, DefaultTypingTimeout)
+	}
+	if !changed {
+		return nil
 	}
 	return e.s.wakeRoom(ctx, c.RoomID)
 }
