@@ -29,6 +29,7 @@ type Config struct {
 	Media        MediaConfig        `yaml:"media"`
 	RateLimit    RateLimitConfig    `yaml:"rate_limit"`
 	Log          LogConfig          `yaml:"log"`
+	Debug        DebugConfig        `yaml:"debug"`
 }
 
 type ClientConfig struct {
@@ -82,6 +83,12 @@ type RateLimitConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+}
+
+type DebugConfig struct {
+	// PprofListen, when set, serves Go's net/http/pprof profiles on this
+	// loopback host:port (for measuring the node); "" (the default) is off.
+	PprofListen string `yaml:"pprof_listen"`
 }
 
 // Defaults returns the configuration a node runs with when a key is absent.
@@ -311,6 +318,12 @@ func (c Config) Validate() error {
 	default:
 		p = append(p, fmt.Sprintf("log.level: %q must be one of debug, info, warn, error", c.Log.Level))
 	}
+	if c.Debug.PprofListen != "" {
+		checkHostPort(&p, "debug.pprof_listen", c.Debug.PprofListen)
+		if host, _, err := net.SplitHostPort(c.Debug.PprofListen); err == nil && !isLoopback(host) {
+			p = append(p, fmt.Sprintf("debug.pprof_listen: %q must be a loopback address (profiles expose the node's internals), e.g. 127.0.0.1:6060", c.Debug.PprofListen))
+		}
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
@@ -334,6 +347,15 @@ func ParseProxy(s string) (netip.Prefix, error) {
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// isLoopback reports whether host is localhost or a loopback IP.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func checkHostPort(p *Problems, key, v string) {

@@ -135,6 +135,13 @@ func (n *Node) Run(ctx context.Context) error {
 		clientLn.Close()
 		return fmt.Errorf("federation.listen: %w", err)
 	}
+	stopPprof, err := n.servePprof(n.Config.Debug.PprofListen)
+	if err != nil {
+		clientLn.Close()
+		fedLn.Close()
+		return err
+	}
+	defer stopPprof()
 	base := func(net.Listener) context.Context { return ctx }
 	// In-flight client requests finish on shutdown; only long-polls are cut short.
 	clientBase := func(net.Listener) context.Context { return clientapi.ShutdownContext(ctx) }
