@@ -105,10 +105,12 @@ func (c *client) join(ctx context.Context, roomID string) error {
 }
 
 // send sends a text message carrying the send time, so a reader can measure
-// send-to-seen latency from the event alone.
+// send-to-seen latency from the event alone. The time is in microseconds:
+// canonical JSON (which servers sign events in) only allows integers within
+// ±(2^53-1), and Unix nanoseconds are beyond that.
 func (c *client) send(ctx context.Context, roomID string, sentAt time.Time) error {
 	path := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID) + "/send/m.room.message/" + randomHex(16)
-	return c.do(ctx, "PUT", path, map[string]any{"msgtype": "m.text", "body": "load", "lg_sent_ns": sentAt.UnixNano()}, nil)
+	return c.do(ctx, "PUT", path, map[string]any{"msgtype": "m.text", "body": "load", "lg_sent_us": sentAt.UnixMicro()}, nil)
 }
 
 type syncResponse struct {
@@ -119,7 +121,7 @@ type syncResponse struct {
 				Events []struct {
 					Type    string `json:"type"`
 					Content struct {
-						SentNS int64 `json:"lg_sent_ns"`
+						SentUS int64 `json:"lg_sent_us"`
 					} `json:"content"`
 				} `json:"events"`
 			} `json:"timeline"`

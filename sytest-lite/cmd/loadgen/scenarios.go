@@ -52,7 +52,7 @@ func (e *env) setupUsers(ctx context.Context, n int) ([]*client, error) {
 }
 
 // watch long-polls /sync for c until ctx ends, recording for every timeline
-// event carrying lg_sent_ns the time from its send to now.
+// event carrying lg_sent_us the time from its send to now.
 func watch(ctx context.Context, c *client, lat *latencies, seen *atomic.Int64, ready chan<- struct{}) {
 	filter := `{"room":{"timeline":{"limit":1000},"state":{"types":[]}},"presence":{"types":[]},"account_data":{"types":[]}}`
 	res, _, err := c.sync(ctx, "", 0, filter)
@@ -74,8 +74,8 @@ func watch(ctx context.Context, c *client, lat *latencies, seen *atomic.Int64, r
 		now := time.Now()
 		for _, room := range res.Rooms.Join {
 			for _, ev := range room.Timeline.Events {
-				if ev.Type == "m.room.message" && ev.Content.SentNS != 0 {
-					lat.add(now.Sub(time.Unix(0, ev.Content.SentNS)))
+				if ev.Type == "m.room.message" && ev.Content.SentUS != 0 {
+					lat.add(now.Sub(time.UnixMicro(ev.Content.SentUS)))
 					seen.Add(1)
 				}
 			}
