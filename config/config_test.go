@@ -135,6 +135,7 @@ func TestDefaults(t *testing.T) {
 		{"rate_limit.enabled", d.RateLimit.Enabled, true},
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "text"},
+		{"debug.pprof_listen", d.Debug.PprofListen, ""},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
