@@ -581,3 +581,67 @@ func TestGracefulShutdown(t *testing.T) {
 		})
 	})
 }
+
+// withClientKey restarts the node with an extra key under client: (the
+// harness writes that section itself, so WithYAML cannot add to it).
+func withClientKey(t *testing.T, n *Node, line string) {
+	t.Helper()
+	n.Stop(t)
+	raw, err := os.ReadFile(n.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(string(raw), "client:\n", "client:\n  "+line+"\n", 1)
+	if cfg == string(raw) {
+		t.Fatal("the node's config has no client: section")
+	}
+	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.Start(t)
+}
+
+func TestTrustedProxies(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		n := StartNode(t, b, WithRateLimit(0.001, 3))
+		withClientKey(t, n, "trusted_proxies: [127.0.0.1]")
+		get := func(t *testing.T, ip, forwardedFor string) int {
+			t.Helper()
+			c := fromIP(t, n.Anonymous(), ip)
+			req, _ := http.NewRequest("GET", n.URL+"/_matrix/client/versions", nil)
+			req.Header.Set("X-Forwarded-For", forwardedFor)
+			resp, err := c.HTTP.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+
+		t.Run("Behind a trusted proxy each client has its own per-IP limit", func(t *testing.T) {
+			for i := 0; i < 3; i++ {
+				if s := get(t, "127.0.0.1", "192.0.2.1"); s != http.StatusOK {
+					t.Fatalf("request %d of 192.0.2.1's burst: HTTP %d", i+1, s)
+				}
+			}
+			if s := get(t, "127.0.0.1", "192.0.2.1"); s != http.StatusTooManyRequests {
+				t.Fatalf("192.0.2.1 over its limit: HTTP %d, want 429", s)
+			}
+			if s := get(t, "127.0.0.1", "192.0.2.2"); s != http.StatusOK {
+				t.Fatalf("another client through the same proxy: HTTP %d, want 200", s)
+			}
+		})
+
+		t.Run("X-Forwarded-For from an untrusted address is ignored", func(t *testing.T) {
+			for i := 0; i < 3; i++ {
+				if s := get(t, "127.0.0.6", fmt.Sprintf("198.51.100.%d", i)); s != http.StatusOK {
+					t.Fatalf("request %d: HTTP %d", i+1, s)
+				}
+			}
+			// Claiming yet another address does not buy a fresh bucket.
+			if s := get(t, "127.0.0.6", "198.51.100.99"); s != http.StatusTooManyRequests {
+				t.Fatalf("spoofed X-Forwarded-For: HTTP %d, want 429", s)
+			}
+		})
+	})
+}
