@@ -120,6 +120,15 @@ func TestConfig(t *testing.T) {
 		}
 	})
 
+	t.Run("A client.listen address in use stops the node with exit 1, naming the key", func(t *testing.T) {
+		n := StartNode(t, SQLite)
+		_, stderr, code := runBinary(t, n.Dir, "-config", n.ConfigPath)
+		if code != 1 || !strings.Contains(stderr, "client.listen") {
+			t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+		}
+		stillServing(t, n)
+	})
+
 	t.Run("The shipped trustcase.yaml starts a node that creates its data directory", func(t *testing.T) {
 		shipped, err := os.ReadFile(filepath.Join("..", "trustcase.yaml"))
 		if err != nil {
