@@ -148,6 +148,10 @@ func (n *Node) Run(ctx context.Context) error {
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
+	fedAPI.EDUs = map[string]federation.EDUReceiver{
+		"m.typing":  n.AccountData.TypingEDU(),
+		"m.receipt": n.AccountData.ReceiptEDU(),
+	}
 	queueCtx, stopQueue := context.WithCancel(ctx)
 	defer func() { stopQueue(); n.Federation.Wait() }()
 	if err := n.Federation.Start(queueCtx); err != nil {

@@ -48,6 +48,9 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(NORMAL)")
 		q.Add("_pragma", "foreign_keys(ON)")
+		// Deleted rows (redacted or purged content) are overwritten on disk,
+		// not left in free pages where a copy of the file would still show them.
+		q.Add("_pragma", "secure_delete(ON)")
 		if readOnly {
 			q.Add("_pragma", "query_only(ON)")
 		} else {
