@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,7 +34,8 @@ import (
 
 // megolmDevice is one logged-in device with its own crypto machine. Its
 // sync is driven step by step by the test (a long-poll per step), so a
-// scenario decides when a device is offline.
+// scenario decides when a device is offline — or, after startLoop, by
+// mautrix's own sync loop, as an application runs it.
 type megolmDevice struct {
 	name   string
 	c      *Client
@@ -40,15 +43,39 @@ type megolmDevice struct {
 	cli    *mautrix.Client
 	state  mautrix.StateStore
 	mach   *crypto.OlmMachine
-	syncer *mautrix.DefaultSyncer
+	syncer megolmSyncer
 	filter string
-	since  string
-	last   *mautrix.RespSync
 
+	loopDone chan struct{} // closed when the sync loop ended (nil: no loop)
+	loopErr  error
+
+	mu        sync.Mutex // guards the rest (the loop's goroutine writes them)
+	since     string
+	last      *mautrix.RespSync
+	changed   chan struct{}               // closed and replaced after each sync
 	seen      map[id.EventID]*event.Event // m.room.encrypted events from sync
 	decrypted map[id.EventID]*event.Event
 	pending   map[id.EventID]error // not decrypted yet: the last error
 	late      int                  // decrypted only after a later sync brought the key
+}
+
+// megolmSyncer is mautrix's DefaultSyncer plus the device's bookkeeping after
+// each response; its sync loop ends on the first failure instead of retrying.
+type megolmSyncer struct {
+	*mautrix.DefaultSyncer
+	d *megolmDevice
+}
+
+func (s megolmSyncer) ProcessResponse(ctx context.Context, resp *mautrix.RespSync, since string) error {
+	if err := s.DefaultSyncer.ProcessResponse(ctx, resp, since); err != nil {
+		return err
+	}
+	s.d.afterSync(ctx, resp)
+	return nil
+}
+
+func (megolmSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
+	return 0, err
 }
 
 func newMegolmDevice(t *testing.T, ctx context.Context, c *Client, name string) *megolmDevice {
@@ -82,11 +109,12 @@ func newMegolmDevice(t *testing.T, ctx context.Context, c *Client, name string) 
 	}
 	d := &megolmDevice{
 		name: name, c: c, ctx: ctx, cli: cli, state: state, mach: mach,
-		syncer:    mautrix.NewDefaultSyncer(),
+		changed:   make(chan struct{}),
 		seen:      map[id.EventID]*event.Event{},
 		decrypted: map[id.EventID]*event.Event{},
 		pending:   map[id.EventID]error{},
 	}
+	d.syncer = megolmSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), d: d}
 	cli.Syncer = d.syncer
 	d.syncer.OnSync(mach.ProcessSyncResponse)
 	d.syncer.OnEvent(cli.StateStoreSyncHandler)
@@ -109,10 +137,13 @@ func (d *megolmDevice) onEncrypted(ctx context.Context, evt *event.Event) {
 	if evt.RoomID == "" {
 		return
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.seen[evt.ID] = evt
 	d.tryDecrypt(ctx, evt)
 }
 
+// tryDecrypt runs with d.mu held.
 func (d *megolmDevice) tryDecrypt(ctx context.Context, evt *event.Event) {
 	dec, err := d.mach.DecryptMegolmEvent(ctx, evt)
 	if err != nil {
@@ -126,37 +157,97 @@ func (d *megolmDevice) tryDecrypt(ctx context.Context, evt *event.Event) {
 	d.decrypted[evt.ID] = dec
 }
 
+// afterSync records a processed response. Events whose key had not arrived
+// are retried, as cryptohelper waits for a late room key.
+func (d *megolmDevice) afterSync(ctx context.Context, resp *mautrix.RespSync) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.since, d.last = resp.NextBatch, resp
+	for evID := range d.pending {
+		d.tryDecrypt(ctx, d.seen[evID])
+	}
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
 // sync does one /sync long-poll and feeds the answer to the machine and the
-// handlers. Events whose key had not arrived are retried afterwards, as
-// cryptohelper waits for a late room key.
+// handlers.
 func (d *megolmDevice) sync(t *testing.T, timeoutMS int) {
 	t.Helper()
-	resp, err := d.cli.FullSyncRequest(d.ctx, mautrix.ReqSync{Since: d.since, Timeout: timeoutMS, FilterID: d.filter})
+	d.mu.Lock()
+	since := d.since
+	d.mu.Unlock()
+	resp, err := d.cli.FullSyncRequest(d.ctx, mautrix.ReqSync{Since: since, Timeout: timeoutMS, FilterID: d.filter})
 	if err != nil {
 		t.Fatalf("%s: /sync: %v", d.name, err)
 	}
-	if err := d.syncer.ProcessResponse(d.ctx, resp, d.since); err != nil {
+	if err := d.syncer.ProcessResponse(d.ctx, resp, since); err != nil {
 		t.Fatalf("%s: processing /sync: %v", d.name, err)
-	}
-	d.since, d.last = resp.NextBatch, resp
-	for evID := range d.pending {
-		d.tryDecrypt(d.ctx, d.seen[evID])
 	}
 }
 
-// syncUntil syncs until cond holds, failing after 30 s.
+// startLoop hands the device's sync to mautrix's own loop
+// (Client.SyncWithContext, 30 s long-polls) from where it is; it stops when
+// the test ends.
+func (d *megolmDevice) startLoop(t *testing.T) {
+	t.Helper()
+	d.mu.Lock()
+	since := d.since
+	d.mu.Unlock()
+	store := mautrix.NewMemorySyncStore()
+	_ = store.SaveNextBatch(d.ctx, d.userID(), since)
+	_ = store.SaveFilterID(d.ctx, d.userID(), d.filter)
+	d.cli.Store = store
+	ctx, cancel := context.WithCancel(d.ctx)
+	d.loopDone = make(chan struct{})
+	go func() {
+		d.loopErr = d.cli.SyncWithContext(ctx)
+		close(d.loopDone)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-d.loopDone
+	})
+}
+
+// syncUntil syncs (or, with a sync loop, waits for its syncs) until cond
+// holds, failing after 30 s. cond runs with d.mu held.
 func (d *megolmDevice) syncUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
+	for {
+		d.mu.Lock()
+		ok, changed := cond(), d.changed
+		d.mu.Unlock()
+		if ok {
+			return
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: %s: not within 30s%s", d.name, what, d.pendingReport())
 		}
-		d.sync(t, 2000)
+		if d.loopDone == nil {
+			d.sync(t, 2000)
+			continue
+		}
+		select {
+		case <-changed:
+		case <-d.loopDone:
+			t.Fatalf("%s: %s: the sync loop ended: %v", d.name, what, d.loopErr)
+		case <-time.After(time.Until(deadline)):
+		}
 	}
 }
 
+// lastSync returns the last /sync response processed.
+func (d *megolmDevice) lastSync() *mautrix.RespSync {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
+}
+
 func (d *megolmDevice) pendingReport() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(d.pending) == 0 {
 		return ""
 	}
@@ -224,6 +315,8 @@ func (d *megolmDevice) waitDecrypted(t *testing.T, want map[id.EventID]string) {
 		}
 		return true
 	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for evID, text := range want {
 		dec := d.decrypted[evID]
 		msg := dec.Content.AsMessage()
@@ -240,6 +333,8 @@ func (d *megolmDevice) waitDecrypted(t *testing.T, want map[id.EventID]string) {
 // other than those in before, that it could not decrypt.
 func (d *megolmDevice) assertAllDecryptedExcept(t *testing.T, before map[id.EventID]bool) {
 	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for evID := range d.seen {
 		if before[evID] || d.decrypted[evID] != nil {
 			continue
@@ -373,6 +468,47 @@ func TestE2EEMegolm(t *testing.T) {
 			assertNoPlaintext(t, n, []string{string(room), alice.c.UserID}, texts...)
 		})
 
+		t.Run("Three clients on mautrix's sync loop all send at once and decrypt every message", func(t *testing.T) {
+			n, ctx := start(t)
+			all := []*megolmDevice{
+				newMegolmDevice(t, ctx, register(t, n), "alice"),
+				newMegolmDevice(t, ctx, register(t, n), "bob"),
+				newMegolmDevice(t, ctx, register(t, n), "carol"),
+			}
+			room := megolmRoom(t, all[0], all[1:]...)
+			for _, d := range all {
+				d.startLoop(t)
+			}
+			// Each one's first message shares its session while the others'
+			// room keys are arriving through the loops.
+			sent := map[*megolmDevice]map[id.EventID]string{}
+			var texts []string
+			for i := 0; i < 4; i++ {
+				for _, d := range all {
+					if sent[d] == nil {
+						sent[d] = map[id.EventID]string{}
+					}
+					text := secret(d.name, i)
+					sent[d][d.send(t, room, text)] = text
+					texts = append(texts, text)
+				}
+			}
+			for _, d := range all {
+				want := map[id.EventID]string{}
+				for _, from := range all {
+					if from != d {
+						maps.Copy(want, sent[from])
+					}
+				}
+				d.waitDecrypted(t, want)
+			}
+			for _, d := range all {
+				d.assertAllDecryptedExcept(t, nil)
+			}
+
+			assertNoPlaintext(t, n, []string{string(room), all[0].c.UserID}, texts...)
+		})
+
 		t.Run("A user who joins later decrypts what is sent after", func(t *testing.T) {
 			n, ctx := start(t)
 			alice := newMegolmDevice(t, ctx, register(t, n), "alice")
@@ -448,10 +584,7 @@ func TestE2EEMegolm(t *testing.T) {
 			// Alice learns of it from device_lists in her sync and refetches
 			// Bob's devices: only the new one is left.
 			alice.syncUntil(t, "seeing bob's device change", func() bool {
-				devs, err := alice.mach.CryptoStore.GetDevices(ctx, bob.userID())
-				if err != nil {
-					t.Fatal(err)
-				}
+				devs, _ := alice.mach.CryptoStore.GetDevices(ctx, bob.userID())
 				_, hasNew := devs[id.DeviceID(bob2.c.DeviceID)]
 				_, hasOld := devs[id.DeviceID(bobC.DeviceID)]
 				return hasNew && !hasOld
@@ -495,7 +628,7 @@ func TestE2EEMegolm(t *testing.T) {
 				fromAlice[alice.send(t, room, text)] = text
 				texts = append(texts, text)
 			}
-			if len(bob.decrypted)+len(bob.pending) != 0 {
+			if len(bob.seen) != 0 {
 				t.Fatal("bob received messages while not syncing")
 			}
 
@@ -522,8 +655,8 @@ func TestE2EEMegolm(t *testing.T) {
 			bob := newMegolmDevice(t, ctx, bobC, "bob")
 			fallbackID := bob.uploadFallbackKey(t)
 			room := megolmRoom(t, alice, bob)
-			if !slices.Contains(bob.last.FallbackKeys, id.KeyAlgorithmSignedCurve25519) {
-				t.Fatalf("bob's sync: device_unused_fallback_key_types = %v, want signed_curve25519", bob.last.FallbackKeys)
+			if !slices.Contains(bob.lastSync().FallbackKeys, id.KeyAlgorithmSignedCurve25519) {
+				t.Fatalf("bob's sync: device_unused_fallback_key_types = %v, want signed_curve25519", bob.lastSync().FallbackKeys)
 			}
 
 			// Someone claims every one-time key of Bob's device while he is
@@ -572,8 +705,8 @@ func TestE2EEMegolm(t *testing.T) {
 				texts = append(texts, text)
 			}
 			bob.waitDecrypted(t, fromAlice)
-			if slices.Contains(bob.last.FallbackKeys, id.KeyAlgorithmSignedCurve25519) {
-				t.Errorf("bob's sync after his fallback key was claimed: device_unused_fallback_key_types = %v, want it used", bob.last.FallbackKeys)
+			if slices.Contains(bob.lastSync().FallbackKeys, id.KeyAlgorithmSignedCurve25519) {
+				t.Errorf("bob's sync after his fallback key was claimed: device_unused_fallback_key_types = %v, want it used", bob.lastSync().FallbackKeys)
 			}
 			more, _ := converse(t, room, bob, alice, 2)
 			texts = append(texts, more...)
