@@ -40,6 +40,12 @@ type SyncStore interface {
 	// m.room.history_visibility events and the m.room.member events about
 	// userID with nid <= upTo: what history visibility depends on.
 	VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]StateChange, error)
+	// UnreadCount counts the room's timeline events with nid <= upTo that
+	// notify userID under the default push rules' underrides (m.room.message
+	// and m.room.encrypted from others, not redacted), after both the user's
+	// latest read receipt (m.read or m.read.private) and their first
+	// membership event in the room.
+	UnreadCount(ctx context.Context, roomID, userID string, upTo int64) (int, error)
 	// StoreFilter keeps a filter (JSON) for userID and returns its id.
 	StoreFilter(ctx context.Context, userID string, filter []byte) (string, error)
 	// Filter returns userID's filter by id (ErrNotFound if unknown or

@@ -115,7 +115,10 @@ type Summary struct {
 	Invited *int     `json:"m.invited_member_count,omitempty"`
 }
 
-// Unread are the notification counts (push rules are not evaluated yet).
+// Unread are the notification counts. The node counts what the default push
+// rules notify for (messages and encrypted events from others since the
+// user's read receipt); content rules can't be evaluated on ciphertext, so
+// highlights (mentions) are for the client to find after decrypting.
 type Unread struct {
 	Highlight    int `json:"highlight_count"`
 	Notification int `json:"notification_count"`
@@ -512,6 +515,9 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 		jr.State = &EventList{Events: orEmpty(section)}
 	}
 	if jr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
+		return nil, false, err
+	}
+	if jr.UnreadNotifications.Notification, err = s.store.UnreadCount(ctx, roomID, v.UserID, to); err != nil {
 		return nil, false, err
 	}
 	nonEmpty := full || len(evs) > 0 || len(state) > 0

@@ -293,3 +293,21 @@ func (s *syncStore) Filter(ctx context.Context, userID, filterID string) ([]byte
 	}
 	return []byte(f), nil
 }
+
+func (s *syncStore) UnreadCount(ctx context.Context, roomID, userID string, upTo int64) (int, error) {
+	// The lower bound is the later of the user's read receipt and their first
+	// membership event in the room: what came before either was read, or was
+	// never the user's to read. (The first, not the latest: a profile change
+	// re-sends the join and must not mark anything read.)
+	var n int
+	err := s.db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events
+		WHERE room_id = $1 AND event_nid <= $3 AND sender <> $2
+			AND type IN ('m.room.message', 'm.room.encrypted')
+			AND NOT outlier AND NOT rejected AND redacted_by IS NULL
+			AND event_nid > COALESCE((SELECT MAX(e.event_nid) FROM receipts r JOIN events e ON e.event_id = r.event_id
+				WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
+			AND event_nid > COALESCE((SELECT MIN(event_nid) FROM events
+				WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $3
+					AND NOT outlier AND NOT rejected), 0)`, roomID, userID, upTo).Scan(&n)
+	return n, err
+}
