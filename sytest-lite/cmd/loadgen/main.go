@@ -32,7 +32,7 @@ func main() {
 		isRooms   = flag.Int("is-rooms", 100, "initial sync: rooms")
 		isEvents  = flag.Int("is-events", 1000, "initial sync: events per room")
 		jsonOut   = flag.String("json", "", "also write the results as JSON to this file")
-		pid       = flag.Int("pid", 0, "footprint: the local node's PID (RSS idle and peak)")
+		pid       = flag.Int("pid", 0, "footprint: the local node's PID (RSS idle and peak; node CPU per message)")
 		dbPath    = flag.String("db", "", "footprint: the local node's database directory (SQLite), for bytes per event")
 	)
 	flag.Parse()
@@ -44,6 +44,7 @@ func main() {
 		base: strings.TrimRight(*hs, "/"),
 		hc:   &http.Client{Transport: tr, Timeout: 2 * time.Minute},
 		log:  func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		pid:  *pid,
 	}
 	var results []result
 	var sampler *rssSampler

@@ -21,6 +21,38 @@ type env struct {
 	base string
 	hc   *http.Client
 	log  func(format string, args ...any)
+	pid  int // the local node's PID, or 0
+}
+
+// cpuMeter measures the node's CPU time over a scenario's measured phase
+// (not its setup), which the machine's other load does not skew the way it
+// skews latencies. Without a PID it measures nothing.
+type cpuMeter struct {
+	pid   int
+	start float64
+}
+
+func (e *env) startCPU() *cpuMeter {
+	m := &cpuMeter{pid: e.pid}
+	if m.pid != 0 {
+		m.start, _ = cpuSeconds(m.pid)
+	}
+	return m
+}
+
+// record adds node_cpu_s and, per unit of work, node_cpu_ms_per_<unit>.
+func (m *cpuMeter) record(figures map[string]float64, unit string, n float64) {
+	if m.pid == 0 {
+		return
+	}
+	now, err := cpuSeconds(m.pid)
+	if err != nil {
+		return
+	}
+	figures["node_cpu_s"] = now - m.start
+	if n > 0 {
+		figures["node_cpu_ms_per_"+unit] = (now - m.start) * 1000 / n
+	}
 }
 
 // setupUsers registers n users concurrently.
@@ -120,6 +152,7 @@ func (e *env) burst(ctx context.Context, nUsers, nRooms int, d time.Duration) (r
 	errs := &errorCounts{}
 	sendCtx, stopSend := context.WithTimeout(ctx, d)
 	defer stopSend()
+	cpu := e.startCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, u := range senders {
@@ -145,18 +178,20 @@ func (e *env) burst(ctx context.Context, nUsers, nRooms int, d time.Duration) (r
 		time.Sleep(20 * time.Millisecond) // waiting for the observers to drain
 	}
 	stopWatch()
+	figures := map[string]float64{
+		"accepted_per_s":     float64(accepted.Load()) / elapsed.Seconds(),
+		"accepted":           float64(accepted.Load()),
+		"seen":               float64(seen.Load()),
+		"send_to_seen_p50ms": lat.percentile(50),
+		"send_to_seen_p95ms": lat.percentile(95),
+		"send_to_seen_p99ms": lat.percentile(99),
+	}
+	cpu.record(figures, "msg", float64(accepted.Load()))
 	return result{
 		Scenario: "burst",
 		Params:   map[string]any{"users": nUsers, "rooms": nRooms, "seconds": d.Seconds()},
-		Figures: map[string]float64{
-			"accepted_per_s":     float64(accepted.Load()) / elapsed.Seconds(),
-			"accepted":           float64(accepted.Load()),
-			"seen":               float64(seen.Load()),
-			"send_to_seen_p50ms": lat.percentile(50),
-			"send_to_seen_p95ms": lat.percentile(95),
-			"send_to_seen_p99ms": lat.percentile(99),
-		},
-		Errors: errs.snapshot(),
+		Figures:  figures,
+		Errors:   errs.snapshot(),
 	}, nil
 }
 
@@ -193,6 +228,7 @@ func (e *env) fanout(ctx context.Context, nListeners, nMessages int, gap time.Du
 	time.Sleep(500 * time.Millisecond)
 	errs := &errorCounts{}
 	sent := 0
+	cpu := e.startCPU()
 	for i := 0; i < nMessages; i++ {
 		if err := sender.send(ctx, room, time.Now()); err != nil {
 			errs.add(err)
@@ -207,15 +243,17 @@ func (e *env) fanout(ctx context.Context, nListeners, nMessages int, gap time.Du
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopWatch()
+	figures := map[string]float64{
+		"wake_p50ms": lat.percentile(50),
+		"wake_p99ms": lat.percentile(99),
+		"missed":     float64(want - seen.Load()),
+	}
+	cpu.record(figures, "delivery", float64(seen.Load()))
 	return result{
 		Scenario: "fanout",
 		Params:   map[string]any{"listeners": nListeners, "messages": nMessages, "gap_ms": gap.Milliseconds()},
-		Figures: map[string]float64{
-			"wake_p50ms": lat.percentile(50),
-			"wake_p99ms": lat.percentile(99),
-			"missed":     float64(want - seen.Load()),
-		},
-		Errors: errs.snapshot(),
+		Figures:  figures,
+		Errors:   errs.snapshot(),
 	}, nil
 }
 
@@ -260,6 +298,7 @@ func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, err
 	const runs = 5
 	lat := &latencies{}
 	bytes := 0
+	cpu := e.startCPU()
 	for i := 0; i < runs; i++ {
 		start := time.Now()
 		_, n, err := u.sync(ctx, "", 0, filter)
@@ -269,16 +308,18 @@ func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, err
 		lat.add(time.Since(start))
 		bytes = n
 	}
+	figures := map[string]float64{
+		"p50ms":       lat.percentile(50),
+		"maxms":       lat.percentile(100),
+		"bytes":       float64(bytes),
+		"events_sent": float64(nRooms*perRoom - errs.total()),
+		"fill_s":      fill.Seconds(),
+	}
+	cpu.record(figures, "sync", runs)
 	return result{
 		Scenario: "initial_sync",
 		Params:   map[string]any{"rooms": nRooms, "events_per_room": perRoom, "timeline_limit": 20, "runs": runs},
-		Figures: map[string]float64{
-			"p50ms":       lat.percentile(50),
-			"maxms":       lat.percentile(100),
-			"bytes":       float64(bytes),
-			"events_sent": float64(nRooms*perRoom - errs.total()),
-			"fill_s":      fill.Seconds(),
-		},
-		Errors: errs.snapshot(),
+		Figures:  figures,
+		Errors:   errs.snapshot(),
 	}, nil
 }
