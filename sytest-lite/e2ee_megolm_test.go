@@ -18,6 +18,7 @@ import (
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/attachment"
 	"maunium.net/go/mautrix/crypto/goolm/account"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -281,7 +282,11 @@ func (d *megolmDevice) waitJoined(t *testing.T, roomID id.RoomID, users ...id.Us
 // Olm) when there is none or it was invalidated — cryptohelper's Encrypt.
 func (d *megolmDevice) send(t *testing.T, roomID id.RoomID, text string) id.EventID {
 	t.Helper()
-	content := &event.MessageEventContent{MsgType: event.MsgText, Body: text}
+	return d.sendContent(t, roomID, &event.MessageEventContent{MsgType: event.MsgText, Body: text})
+}
+
+func (d *megolmDevice) sendContent(t *testing.T, roomID id.RoomID, content *event.MessageEventContent) id.EventID {
+	t.Helper()
 	enc, err := d.mach.EncryptMegolmEvent(d.ctx, roomID, event.EventMessage, content)
 	if errors.Is(err, crypto.ErrNoGroupSession) || errors.Is(err, crypto.ErrSessionExpired) || errors.Is(err, crypto.ErrSessionNotShared) {
 		members, merr := d.state.GetRoomJoinedOrInvitedMembers(d.ctx, roomID)
@@ -443,7 +448,7 @@ func TestE2EEMegolm(t *testing.T) {
 			return n, ctx
 		}
 
-		t.Run("Two users exchange Megolm messages both ways and decrypt every one", func(t *testing.T) {
+		t.Run("Two users exchange Megolm messages both ways, and an encrypted file, and decrypt every one", func(t *testing.T) {
 			n, ctx := start(t)
 			alice := newMegolmDevice(t, ctx, register(t, n), "alice")
 			bob := newMegolmDevice(t, ctx, register(t, n), "bob")
@@ -462,6 +467,40 @@ func TestE2EEMegolm(t *testing.T) {
 			}
 			bob.waitDecrypted(t, fromAlice)
 			alice.waitDecrypted(t, fromBob)
+
+			// An encrypted attachment: the client encrypts the file (its key
+			// travels in the Megolm-encrypted event); the node stores and
+			// serves ciphertext.
+			fileSecret := secret("alice file", 0)
+			fileData := []byte(fileSecret + strings.Repeat(" and more of the file", 40))
+			ef := attachment.NewEncryptedFile()
+			cipherFile := slices.Clone(fileData)
+			ef.EncryptInPlace(cipherFile)
+			up, err := alice.cli.UploadBytes(ctx, cipherFile, "application/octet-stream")
+			if err != nil {
+				t.Fatalf("uploading the encrypted file: %v", err)
+			}
+			fileName := secret("alice filename", 0)
+			fileEvent := alice.sendContent(t, room, &event.MessageEventContent{
+				MsgType: event.MsgFile, Body: fileName,
+				File: &event.EncryptedFileInfo{EncryptedFile: *ef, URL: up.ContentURI.CUString()},
+			})
+			bob.waitDecrypted(t, map[id.EventID]string{fileEvent: fileName})
+			bob.mu.Lock()
+			got := bob.decrypted[fileEvent].Content.AsMessage().File
+			bob.mu.Unlock()
+			if got == nil {
+				t.Fatal("the decrypted file event has no file info")
+			}
+			downloaded, err := bob.cli.DownloadBytes(ctx, got.URL.ParseOrIgnore())
+			if err != nil {
+				t.Fatalf("downloading the file: %v", err)
+			}
+			if err := got.DecryptInPlace(downloaded); err != nil || string(downloaded) != string(fileData) {
+				t.Fatalf("the downloaded file decrypts to %d bytes (%v), want the %d sent", len(downloaded), err, len(fileData))
+			}
+			texts = append(texts, fileSecret, fileName)
+
 			alice.assertAllDecryptedExcept(t, nil)
 			bob.assertAllDecryptedExcept(t, nil)
 

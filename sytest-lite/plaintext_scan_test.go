@@ -174,25 +174,31 @@ func dumpPostgres(t testing.TB, n *Node) map[string][]byte {
 	return out
 }
 
-// The scan itself is checked: an unencrypted message, which the node must
-// store to deliver, is found where the node keeps it, on both backends.
+// The scan itself is checked: an unencrypted message and an unencrypted
+// upload, which the node must keep to deliver them, are found where the node
+// keeps them (database, media directory), on both backends.
 func TestPlaintextScan(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
-		t.Run("The plaintext scan finds an unencrypted message in the node's store", func(t *testing.T) {
+		t.Run("The plaintext scan finds an unencrypted message and file where the node keeps them", func(t *testing.T) {
 			n := StartNode(t, b)
 			c := register(t, n)
 			needRooms(t, c)
 			room := c.CreateRoom(t, nil)
 			text := "unencrypted marker " + randomString(16)
 			c.SendText(t, room, text)
-			leaks := plaintextLeaks(t, n, []string{room, c.UserID}, text, "never sent "+randomString(16))
-			if len(leaks) == 0 {
-				t.Fatalf("the scan did not find the unencrypted message %q", text)
+			file := "unencrypted file " + randomString(16)
+			uploadMedia(t, c, "text/plain", "", []byte(file))
+			never := "never sent " + randomString(16)
+			leaks := plaintextLeaks(t, n, []string{room, c.UserID}, text, file, never)
+			joined := strings.Join(leaks, "\n")
+			if !strings.Contains(joined, text) {
+				t.Errorf("the scan did not find the unencrypted message %q", text)
 			}
-			for _, l := range leaks {
-				if strings.Contains(l, "never sent") {
-					t.Errorf("the scan reported a string that was never sent: %s", l)
-				}
+			if !strings.Contains(joined, fmt.Sprintf("%q found in file data%cmedia", file, filepath.Separator)) {
+				t.Errorf("the scan did not find the unencrypted upload in the media directory: %v", leaks)
+			}
+			if strings.Contains(joined, never) {
+				t.Errorf("the scan reported a string that was never sent: %v", leaks)
 			}
 			t.Logf("found as expected: %v", leaks)
 		})
