@@ -31,6 +31,7 @@ func main() {
 		gap       = flag.Duration("gap", 100*time.Millisecond, "fan-out: pause between messages")
 		isRooms   = flag.Int("is-rooms", 100, "initial sync: rooms")
 		isEvents  = flag.Int("is-events", 1000, "initial sync: events per room")
+		isRuns    = flag.Int("is-runs", 5, "initial sync: timed initial syncs after the fill")
 		jsonOut   = flag.String("json", "", "also write the results as JSON to this file")
 		pid       = flag.Int("pid", 0, "footprint: the local node's PID (RSS idle and peak; node CPU per message)")
 		dbPath    = flag.String("db", "", "footprint: the local node's database directory (SQLite), for bytes per event")
@@ -76,7 +77,7 @@ func main() {
 	}
 	run("burst", func() (result, error) { return e.burst(ctx, *users, *rooms, *duration) })
 	run("fanout", func() (result, error) { return e.fanout(ctx, *listeners, *messages, *gap) })
-	run("initialsync", func() (result, error) { return e.initialSync(ctx, *isRooms, *isEvents) })
+	run("initialsync", func() (result, error) { return e.initialSync(ctx, *isRooms, *isEvents, *isRuns) })
 	if sampler != nil || *dbPath != "" {
 		fp := result{Scenario: "footprint", Params: map[string]any{"pid": *pid, "db": *dbPath}, Figures: map[string]float64{}}
 		if sampler != nil {

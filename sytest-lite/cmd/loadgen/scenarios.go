@@ -259,7 +259,7 @@ func (e *env) fanout(ctx context.Context, nListeners, nMessages int, gap time.Du
 
 // initialSync: one user in many rooms with many events each; times an
 // initial /sync with a timeline limit of 20.
-func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, error) {
+func (e *env) initialSync(ctx context.Context, nRooms, perRoom, runs int) (result, error) {
 	e.log("initial sync: filling %d rooms with %d events each", nRooms, perRoom)
 	users, err := e.setupUsers(ctx, 1)
 	if err != nil {
@@ -295,7 +295,6 @@ func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, err
 	fill := time.Since(fillStart)
 	e.log("initial sync: filled in %s", fill.Round(time.Millisecond))
 	filter := `{"room":{"timeline":{"limit":20}}}`
-	const runs = 5
 	lat := &latencies{}
 	bytes := 0
 	cpu := e.startCPU()
@@ -315,7 +314,7 @@ func (e *env) initialSync(ctx context.Context, nRooms, perRoom int) (result, err
 		"events_sent": float64(nRooms*perRoom - errs.total()),
 		"fill_s":      fill.Seconds(),
 	}
-	cpu.record(figures, "sync", runs)
+	cpu.record(figures, "sync", float64(runs))
 	return result{
 		Scenario: "initial_sync",
 		Params:   map[string]any{"rooms": nRooms, "events_per_room": perRoom, "timeline_limit": 20, "runs": runs},
