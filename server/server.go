@@ -85,6 +85,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		store.Close()
 		return nil, err
 	}
+	n.Rooms.EnableFederation(n.Federation.Queue, n.Federation.KeyRing)
 	return n, nil
 }
 
@@ -148,6 +149,7 @@ func (n *Node) Run(ctx context.Context) error {
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
+	fedAPI.Rooms = n.Rooms.Inbox()
 	fedAPI.EDUs = map[string]federation.EDUReceiver{
 		"m.typing":  n.AccountData.TypingEDU(),
 		"m.receipt": n.AccountData.ReceiptEDU(),

@@ -76,6 +76,10 @@ type NewEvent struct {
 	Redacts string
 	// NewRoom creates the room (the create event), with this version.
 	NewRoom *NewRoom
+	// FederateTo lists the other servers the event is queued for, in the
+	// same transaction (PDU is the full event JSON they are sent).
+	FederateTo []string
+	PDU        []byte
 }
 
 // NewRoom is the room row a create event makes.

@@ -46,6 +46,8 @@ type Service struct {
 	// locks serialise building and persisting per room (striped), so two
 	// concurrent sends never share prev_events.
 	locks [64]sync.Mutex
+	// fed is set by EnableFederation (federation.go).
+	fed *fedState
 }
 
 // New builds the rooms service.
@@ -235,6 +237,7 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 		Content:        ev.Content(),
 		PrevEvents:     d.prev,
 		Redacts:        redacts,
+		PDU:            ev.JSON(), // queued for other servers (federation.go)
 	}
 	if len(d.out) == 0 {
 		ne.NewRoom = d.newRoom
@@ -264,9 +267,14 @@ func (d *draft) commit(ctx context.Context) error {
 	if len(d.out) == 0 {
 		return nil
 	}
+	dests, err := d.federate(ctx)
+	if err != nil {
+		return err
+	}
 	if _, err := d.s.store.PersistEvents(ctx, d.out); err != nil {
 		return err
 	}
+	d.s.notifyFederation(dests)
 	// Everyone joined now, and everyone whose membership changed (the
 	// kicked, banned, invited, leaving).
 	joined, err := d.s.store.JoinedMembers(ctx, d.roomID)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/trustcase/node/storage"
 )
@@ -91,6 +92,12 @@ func (s *roomStore) PersistEvents(ctx context.Context, evs []storage.NewEvent) (
 			nid, err := persistEvent(ctx, tx, &evs[i])
 			if err != nil {
 				return fmt.Errorf("persisting %s: %w", evs[i].EventID, err)
+			}
+			if len(evs[i].FederateTo) > 0 {
+				item := storage.QueueItem{Kind: storage.QueuePDU, EventID: evs[i].EventID, Payload: evs[i].PDU}
+				if err := enqueueFederationTx(ctx, tx, evs[i].FederateTo, item, time.Now().UnixMilli()); err != nil {
+					return fmt.Errorf("queueing %s: %w", evs[i].EventID, err)
+				}
 			}
 			nids = append(nids, nid)
 		}

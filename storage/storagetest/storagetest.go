@@ -21,6 +21,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("AccountData", func(t *testing.T) { testAccountDataStore(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
 	t.Run("Federation", func(t *testing.T) { testFederationStore(t, open) })
+	t.Run("RoomFederation", func(t *testing.T) { testRoomFederation(t, open) })
 }
 
 // testMigrate checks a fresh store answers.
