@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/trustcase/node/storage"
@@ -97,6 +98,23 @@ func (d *draft) federate(ctx context.Context) ([]string, error) {
 		ev.FederateTo = dests
 	}
 	return dests, nil
+}
+
+// keepTopLevel puts back into a skeleton the top-level keys of the event
+// the room version's redaction drops (e.g. origin from v11), so that the
+// stored skeleton with its content restored is the signed event again and
+// can be served to other servers. Signature checks redact anyway.
+func keepTopLevel(skeleton, full []byte) ([]byte, error) {
+	var err error
+	gjson.ParseBytes(full).ForEach(func(k, v gjson.Result) bool {
+		key := k.String()
+		if key == "content" || key == "unsigned" || gjson.GetBytes(skeleton, gjson.Escape(key)).Exists() {
+			return true
+		}
+		skeleton, err = sjson.SetRawBytes(skeleton, gjson.Escape(key), []byte(v.Raw))
+		return err == nil
+	})
+	return skeleton, err
 }
 
 // notifyFederation wakes the queue's senders after a commit.
@@ -236,6 +254,9 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	skeleton, err := verImpl.RedactEventJSON(ev.JSON())
 	if err != nil {
 		return refuse("cannot redact the event: %v", err)
+	}
+	if skeleton, err = keepTopLevel(skeleton, ev.JSON()); err != nil {
+		return err
 	}
 	ne := storage.NewEvent{
 		EventID:        ev.EventID(),

@@ -211,6 +211,20 @@ func testFederationRooms(t *testing.T, version string) {
 		}
 	})
 
+	t.Run("stored events read back as the events their servers signed", func(t *testing.T) {
+		verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(rv))
+		evs := must[[]storage.Event](t)(e.store.Rooms().CurrentState(ctx, roomID))
+		if len(evs) < 5 {
+			t.Fatalf("only %d state events", len(evs))
+		}
+		for _, ev := range evs {
+			pdu, err := verImpl.NewEventFromUntrustedJSON(ev.JSON)
+			if err != nil || pdu.EventID() != ev.EventID || pdu.Redacted() {
+				t.Fatalf("stored %s %s does not read back as signed (err %v): %s", ev.Type, ev.EventID, err, ev.JSON)
+			}
+		}
+	})
+
 	refused := func(t *testing.T, raw []byte, want string) {
 		t.Helper()
 		ext := e.extremities(t, roomID)

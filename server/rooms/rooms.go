@@ -214,6 +214,9 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 	if err != nil {
 		return nil, fmt.Errorf("redacting %s: %w", ev.EventID(), err)
 	}
+	if skeleton, err = keepTopLevel(skeleton, ev.JSON()); err != nil { // federation.go
+		return nil, err
+	}
 	if redacts != "" {
 		// Before v11 redacts is a top-level key the redaction algorithm
 		// drops; the skeleton keeps it so the event reads whole (the
