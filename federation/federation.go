@@ -39,6 +39,8 @@ type API struct {
 	Client gomatrixserverlib.KeyClient
 	// Rooms receives PDUs; nil means every room is unknown.
 	Rooms RoomInbox
+	// Joins answers make_join/send_join; nil means every room is unknown.
+	Joins RoomJoins
 	// ToDevice receives m.direct_to_device EDUs; nil drops them.
 	ToDevice ToDeviceReceiver
 	// EDUs maps other EDU types to their receivers; other types are ignored.
@@ -64,6 +66,7 @@ func (a *API) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "TrustCase", "version": a.Version}})
 	}).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v1/send/{txnId}", a.authed(a.send)).Methods(http.MethodPut)
+	a.registerRooms(r)
 	r.HandleFunc("/_matrix/key/v2/query", a.notaryPost).Methods(http.MethodPost)
 	r.HandleFunc("/_matrix/key/v2/query/{serverName}", a.notaryGet).Methods(http.MethodGet)
 	return r

@@ -150,6 +150,7 @@ func (n *Node) Run(ctx context.Context) error {
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
 	fedAPI.Rooms = n.Rooms.Inbox()
+	fedAPI.Joins = n.Rooms.Inbox()
 	fedAPI.EDUs = map[string]federation.EDUReceiver{
 		"m.typing":  n.AccountData.TypingEDU(),
 		"m.receipt": n.AccountData.ReceiptEDU(),

@@ -185,21 +185,32 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.fed.verifier, userIDForSender); err != nil {
 		return refuse("bad signature: %v", err)
 	}
-	roomID := ev.RoomID().String()
-	unlock := s.lock(roomID)
+	unlock := s.lock(ev.RoomID().String())
 	defer unlock()
+	_, err = s.appendRemote(ctx, verImpl, ev, "")
+	return err
+}
+
+// appendRemote appends another server's event, checked for its signature,
+// to its room: its prev_events must be known here, and it must be allowed
+// by its auth events and by the current state. The caller holds the room
+// lock. With relayFrom set (a join received by send_join) the event is
+// also queued for the room's other servers but relayFrom. It returns
+// whether the event is new.
+func (s *Service) appendRemote(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, relayFrom spec.ServerName) (bool, error) {
+	roomID := ev.RoomID().String()
 	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
-		return nil // already have it
+		return false, nil // already have it
 	} else if !errors.Is(err, storage.ErrNotFound) {
-		return err
+		return false, err
 	}
 	for _, id := range ev.PrevEventIDs() {
 		prev, err := s.store.Event(ctx, id)
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && (prev.RoomID != roomID || prev.Outlier)) {
-			return refuse("prev_event %s is unknown here (fetching missing events is not supported yet)", id)
+			return false, refuse("prev_event %s is unknown here (fetching missing events is not supported yet)", id)
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 	}
 	// Auth against the event's own auth events.
@@ -207,26 +218,26 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	for _, id := range ev.AuthEventIDs() {
 		a, err := s.store.Event(ctx, id)
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && a.RoomID != roomID) {
-			return refuse("auth event %s is unknown here", id)
+			return false, refuse("auth event %s is unknown here", id)
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		if a.Rejected {
-			return refuse("auth event %s was rejected", id)
+			return false, refuse("auth event %s was rejected", id)
 		}
 		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(a.EventID, a.JSON, a.ContentPurged)
 		if err != nil {
-			return fmt.Errorf("loading auth event %s: %w", id, err)
+			return false, fmt.Errorf("loading auth event %s: %w", id, err)
 		}
 		authPDUs = append(authPDUs, pdu)
 	}
 	authEvents, err := gomatrixserverlib.NewAuthEvents(authPDUs)
 	if err != nil {
-		return refuse("bad auth events: %v", err)
+		return false, refuse("bad auth events: %v", err)
 	}
 	if err := gomatrixserverlib.Allowed(ev, authEvents, userIDForSender); err != nil {
-		return refuse("not allowed by its auth events: %v", err)
+		return false, refuse("not allowed by its auth events: %v", err)
 	}
 	// Auth against the current state (soft-fail is refused for now).
 	var keys []storage.StateKey
@@ -235,28 +246,28 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	}
 	cur, err := s.store.StateEvents(ctx, roomID, keys)
 	if err != nil {
-		return err
+		return false, err
 	}
 	curState, _ := gomatrixserverlib.NewAuthEvents(nil)
 	for _, c := range cur {
 		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(c.EventID, c.JSON, c.ContentPurged)
 		if err != nil {
-			return fmt.Errorf("loading state event %s: %w", c.EventID, err)
+			return false, fmt.Errorf("loading state event %s: %w", c.EventID, err)
 		}
 		if err := curState.AddEvent(pdu); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if err := gomatrixserverlib.Allowed(ev, curState, userIDForSender); err != nil {
-		return refuse("not allowed by the room's current state: %v", err)
+		return false, refuse("not allowed by the room's current state: %v", err)
 	}
 
 	skeleton, err := verImpl.RedactEventJSON(ev.JSON())
 	if err != nil {
-		return refuse("cannot redact the event: %v", err)
+		return false, refuse("cannot redact the event: %v", err)
 	}
 	if skeleton, err = keepTopLevel(skeleton, ev.JSON()); err != nil {
-		return err
+		return false, err
 	}
 	ne := storage.NewEvent{
 		EventID:        ev.EventID(),
@@ -276,7 +287,7 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	if ev.Type() == spec.MRoomRedaction {
 		if target := ev.Redacts(); target != "" {
 			if skeleton, err = sjson.SetBytes(skeleton, "redacts", target); err != nil {
-				return err
+				return false, err
 			}
 			ne.Skeleton = skeleton
 			// The redaction is applied when its sender may: the target is
@@ -286,6 +297,26 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 			}
 		}
 	}
+	var relay []string
+	if relayFrom != "" {
+		joined, err := s.store.JoinedMembers(ctx, roomID)
+		if err != nil {
+			return false, err
+		}
+		seen := map[string]bool{string(s.key.ServerName): true, string(relayFrom): true}
+		for _, u := range joined {
+			if srv := serverOf(u); srv != "" && !seen[srv] {
+				seen[srv] = true
+				relay = append(relay, srv)
+			}
+		}
+		sort.Strings(relay)
+		ne.FederateTo, ne.PDU = relay, ev.JSON()
+	}
 	d := &draft{s: s, verImpl: verImpl, roomID: roomID, out: []storage.NewEvent{ne}}
-	return d.commit(ctx)
+	if err := d.commit(ctx); err != nil {
+		return false, err
+	}
+	s.notifyFederation(relay)
+	return true, nil
 }

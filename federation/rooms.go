@@ -1,0 +1,52 @@
+package federation
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/server/mxerr"
+)
+
+// RoomJoins is the resident side of joins (server/rooms' Inbox implements
+// it): make_join and send_join (v2).
+type RoomJoins interface {
+	MakeJoin(ctx context.Context, origin spec.ServerName, roomID, userID string, versions []string) (any, error)
+	SendJoin(ctx context.Context, origin spec.ServerName, roomID, eventID string, event json.RawMessage) (any, error)
+}
+
+// registerRooms adds the room endpoints.
+func (a *API) registerRooms(r *mux.Router) {
+	r.Handle("/_matrix/federation/v1/make_join/{roomId}/{userId}", a.authed(a.makeJoin)).Methods(http.MethodGet)
+	r.Handle("/_matrix/federation/v2/send_join/{roomId}/{eventId}", a.authed(a.sendJoin)).Methods(http.MethodPut)
+}
+
+func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
+	roomID, err1 := pathVar(r, "roomId")
+	userID, err2 := pathVar(r, "userId")
+	if err1 != nil || err2 != nil {
+		return nil, mxerr.InvalidParam("bad path")
+	}
+	if a.Joins == nil {
+		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+	}
+	return a.Joins.MakeJoin(r.Context(), origin, roomID, userID, r.URL.Query()["ver"])
+}
+
+func (a *API) sendJoin(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
+	roomID, err1 := pathVar(r, "roomId")
+	eventID, err2 := pathVar(r, "eventId")
+	if err1 != nil || err2 != nil {
+		return nil, mxerr.InvalidParam("bad path")
+	}
+	if len(body) == 0 {
+		return nil, mxerr.NotJSON("send_join needs the signed join event")
+	}
+	if a.Joins == nil {
+		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+	}
+	return a.Joins.SendJoin(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+}
