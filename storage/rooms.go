@@ -26,6 +26,11 @@ type RoomStore interface {
 	// transaction, and returns their nids. A txn id already used by the
 	// device gives ErrConflict and nothing is stored.
 	PersistEvents(ctx context.Context, evs []NewEvent) ([]int64, error)
+	// PersistJoin stores a room joined over federation, in one
+	// transaction: the room row (ErrConflict if the room is known), the
+	// auth chain and the state as outliers (the state making the current
+	// state), then join as the room's first timeline event.
+	PersistJoin(ctx context.Context, version string, authChain, state []NewEvent, join NewEvent) error
 	// JoinedMembers lists the users whose current membership is join.
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	// Membership returns the user's current membership ("" if none).

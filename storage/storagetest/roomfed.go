@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/trustcase/node/storage"
 )
 
@@ -50,4 +52,59 @@ func testRoomFederation(t *testing.T, open Opener) {
 	if items, err := fs.QueuePeek(ctx, "d.test", 50, 100); err != nil || len(items) != 0 {
 		t.Fatalf("queue after a failed batch: %+v, %v; want empty", items, err)
 	}
+	t.Run("PersistJoin", func(t *testing.T) { testPersistJoin(t, open) })
+}
+
+// testPersistJoin: a room joined over federation is stored with its state
+// and auth chain as outliers and the join as its only timeline event.
+func testPersistJoin(t *testing.T, open Opener) {
+	ctx := t.Context()
+	s := open(t)
+	rs := s.Rooms()
+	const alice, bob = "@alice:b.test", "@bob:a.test"
+	w := &roomWriter{roomID: "!joined:b.test"}
+	create := w.ev("m.room.create", sptr(""), alice, `{}`)
+	aliceJoin := w.ev("m.room.member", sptr(alice), alice, `{"membership":"join"}`)
+	rules := w.ev("m.room.join_rules", sptr(""), alice, `{"join_rule":"public"}`)
+	join := w.ev("m.room.member", sptr(bob), bob, `{"membership":"join"}`)
+	state := []storage.NewEvent{create, aliceJoin, rules}
+	if err := rs.PersistJoin(ctx, "11", []storage.NewEvent{create, aliceJoin}, state, join); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := rs.RoomVersion(ctx, w.roomID); err != nil || v != "11" {
+		t.Fatalf("version %q %v", v, err)
+	}
+	cur, err := rs.CurrentState(ctx, w.roomID)
+	if err != nil || len(cur) != 4 {
+		t.Fatalf("current state: %d events, %v; want 4", len(cur), err)
+	}
+	members, err := rs.JoinedMembers(ctx, w.roomID)
+	if err != nil || len(members) != 2 {
+		t.Fatalf("joined members %v %v", members, err)
+	}
+	ext, _, err := rs.ForwardExtremities(ctx, w.roomID)
+	if err != nil || len(ext) != 1 || ext[0] != join.EventID {
+		t.Fatalf("extremities %v %v; want the join only", ext, err)
+	}
+	for _, ev := range state {
+		got, err := rs.Event(ctx, ev.EventID)
+		if err != nil || !got.Outlier {
+			t.Fatalf("state event %s: outlier %v, %v", ev.EventID, got.Outlier, err)
+		}
+	}
+	if got, err := rs.Event(ctx, join.EventID); err != nil || got.Outlier || string(gjsonContent(got)) != `{"membership":"join"}` {
+		t.Fatalf("join: %+v %v", got, err)
+	}
+	// The same room again is a conflict and changes nothing.
+	again := w.ev("m.room.member", sptr("@carol:a.test"), "@carol:a.test", `{"membership":"join"}`)
+	if err := rs.PersistJoin(ctx, "11", nil, state, again); !errors.Is(err, storage.ErrConflict) {
+		t.Fatalf("joining a known room: %v, want ErrConflict", err)
+	}
+	if _, err := rs.Event(ctx, again.EventID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the refused join was stored (%v)", err)
+	}
+}
+
+func gjsonContent(ev storage.Event) []byte {
+	return []byte(gjson.GetBytes(ev.JSON, "content").Raw)
 }
