@@ -86,6 +86,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		return nil, err
 	}
 	n.Rooms.EnableFederation(n.Federation.Queue, n.Federation.KeyRing)
+	n.Rooms.EnableFederationJoins(n.Federation.Client)
 	return n, nil
 }
 

@@ -25,6 +25,7 @@ type FederationQueue interface {
 type fedState struct {
 	queue    FederationQueue
 	verifier gomatrixserverlib.JSONVerifier
+	client   FederationClient // EnableFederationJoins
 }
 
 // EnableFederation makes the service queue the events of its local users

@@ -47,7 +47,10 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 	if err != nil {
 		var mx *mxerr.Error
 		if errors.As(err, &mx) && mx.Code == "M_NOT_FOUND" {
-			return "", mxerr.NotFound("room %s is not known to this server (joining over federation is not supported yet)", roomID)
+			if err := s.joinRemote(ctx, userID, roomID, reason); err != nil { // federation_joining.go
+				return "", err
+			}
+			return roomID, nil
 		}
 		return "", err
 	}
