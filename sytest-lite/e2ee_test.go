@@ -68,8 +68,8 @@ func uploadDeviceKeys(t *testing.T, c *Client) e2eeKey {
 
 func needKeys(t *testing.T, c *Client) {
 	t.Helper()
-	if r := c.Do(t, "POST", "/_matrix/client/v3/keys/upload", map[string]any{}); r.Status == http.StatusNotFound {
-		t.Skip("POST /keys/upload is not served yet")
+	if r := c.Do(t, "POST", "/_matrix/client/v3/keys/upload", map[string]any{}); r.Status != http.StatusOK {
+		t.Fatalf("POST /keys/upload with no keys: HTTP %d: %s", r.Status, r.Body)
 	}
 }
 

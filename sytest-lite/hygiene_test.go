@@ -102,27 +102,6 @@ func mustErrcode(t *testing.T, r *Resp, status int, errcode string) gjson.Result
 	return j
 }
 
-// skipUnlessServed skips a scenario, visibly, while the node does not serve
-// an endpoint it needs (404/405 M_UNRECOGNIZED: that part is not built yet).
-func skipUnlessServed(t *testing.T, n *Node, method, path string) {
-	t.Helper()
-	if !served(t, n, method, path) {
-		t.Skipf("%s %s is not served yet: skipping a scenario that needs it", method, path)
-	}
-}
-
-// served reports whether the node serves method path at all.
-func served(t *testing.T, n *Node, method, path string) bool {
-	t.Helper()
-	var body any
-	if method != "GET" {
-		body = map[string]any{}
-	}
-	r := n.Anonymous().Do(t, method, path, body)
-	return (r.Status != http.StatusNotFound && r.Status != http.StatusMethodNotAllowed) ||
-		gjson.GetBytes(r.Body, "errcode").String() != "M_UNRECOGNIZED"
-}
-
 const (
 	registerPath = "/_matrix/client/v3/register"
 	loginPath    = "/_matrix/client/v3/login"
@@ -219,8 +198,6 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("Chunked body over client.max_body_bytes gives 413 M_TOO_LARGE", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "POST", loginPath)
 			for _, path := range []string{"/_matrix/client/v3/login", "/_matrix/client/v3/register"} {
 				r := doStream(t, anon, "POST", path, bytes.NewReader(bigJSON(4*defaultMaxBody)))
 				mustErrcode(t, r, http.StatusRequestEntityTooLarge, "M_TOO_LARGE")
@@ -229,7 +206,6 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("Body of exactly client.max_body_bytes is read, not refused as too large", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", loginPath)
 			r := anon.Do(t, "POST", "/_matrix/client/v3/login", bigJSON(defaultMaxBody))
 			if r.Status == http.StatusRequestEntityTooLarge || r.Status >= 500 {
 				t.Fatalf("HTTP %d for a body at the limit: %.300s", r.Status, r.Body)
@@ -241,8 +217,6 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("Malformed JSON gives 400 M_NOT_JSON", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "POST", loginPath)
 			for _, path := range []string{"/_matrix/client/v3/login", "/_matrix/client/v3/register"} {
 				for _, body := range []string{`{"type":`, `{not json}`, `{"a":1}}`, "\xff\xfe{}", `{"a":1,}`, "{\"type\":\"\xff\"}"} {
 					mustErrcode(t, anon.Do(t, "POST", path, body), http.StatusBadRequest, "M_NOT_JSON")
@@ -251,8 +225,6 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("JSON that is not an object gives 400 M_BAD_JSON", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "POST", loginPath)
 			for _, path := range []string{"/_matrix/client/v3/login", "/_matrix/client/v3/register"} {
 				for _, body := range []string{`[]`, `[{"type":"m.login.password"}]`, `"text"`, `42`, `null`, `true`} {
 					mustErrcode(t, anon.Do(t, "POST", path, body), http.StatusBadRequest, "M_BAD_JSON")
@@ -380,8 +352,6 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("JSON strings with NUL or broken UTF-16 never give a 5xx", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "POST", loginPath)
 			c := n.Register(t)
 			odd := []string{`"a\u0000b"`, `"\ud800"`, `"\udc00x"`, `"\u0000"`, "\"\xff\xfe\""}
 			for _, v := range odd {
@@ -406,21 +376,13 @@ func TestHygiene(t *testing.T) {
 		})
 
 		t.Run("The log never contains a password, an access token or message content", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "POST", loginPath)
 			alice := n.Register(t)
 			alice2 := alice.Login(t)
 			secretText := "the-plaintext-" + randomString(12)
-			if served(t, n, "POST", "/_matrix/client/v3/createRoom") {
-				room := alice2.CreateRoom(t, map[string]any{"name": "room-" + randomString(8)})
-				alice2.SendText(t, room, secretText)
-				alice2.SendText(t, room, secretText) // same text, new txn
-			} else {
-				t.Log("POST /createRoom is not served yet: the scan covers accounts only")
-			}
-			if served(t, n, "GET", "/_matrix/client/v3/sync") {
-				alice2.Sync(t, "")
-			}
+			room := alice2.CreateRoom(t, map[string]any{"name": "room-" + randomString(8)})
+			alice2.SendText(t, room, secretText)
+			alice2.SendText(t, room, secretText) // same text, new txn
+			alice2.Sync(t, "")
 			alice2.MustDo(t, "PUT", Path("profile", alice2.UserID, "displayname"), map[string]any{"displayname": secretText}, http.StatusOK)
 			// The deprecated query-parameter token and a garbage header.
 			n.Anonymous().Do(t, "GET", "/_matrix/client/v3/account/whoami?access_token="+alice2.AccessToken, nil)
@@ -483,7 +445,6 @@ func TestRateLimits(t *testing.T) {
 		})
 
 		t.Run("Too many requests from one user give 429, whatever the IP", func(t *testing.T) {
-			skipUnlessServed(t, n, "POST", registerPath)
 			alice := n.Register(t) // from 127.0.0.1
 			bob := n.Register(t)
 			a1 := fromIP(t, alice, "127.0.0.4")
@@ -502,7 +463,6 @@ func TestGracefulShutdown(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
 		t.Run("SIGTERM while a request is in flight lets it finish, and the node exits 0", func(t *testing.T) {
 			n := StartNode(t, b)
-			skipUnlessServed(t, n, "POST", registerPath)
 			conn, err := net.Dial("tcp", strings.TrimPrefix(n.URL, "http://"))
 			if err != nil {
 				t.Fatal(err)
@@ -548,8 +508,6 @@ func TestGracefulShutdown(t *testing.T) {
 
 		t.Run("SIGTERM answers a long-poll at once, and the node exits 0", func(t *testing.T) {
 			n := StartNode(t, b)
-			skipUnlessServed(t, n, "POST", registerPath)
-			skipUnlessServed(t, n, "GET", "/_matrix/client/v3/sync")
 			c := n.Register(t)
 			since := c.Sync(t, "").Get("next_batch").String()
 			conn, err := net.Dial("tcp", strings.TrimPrefix(n.URL, "http://"))
