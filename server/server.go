@@ -147,7 +147,9 @@ func (n *Node) Run(ctx context.Context) error {
 	base := func(net.Listener) context.Context { return ctx }
 	// In-flight client requests finish on shutdown; only long-polls are cut short.
 	clientBase := func(net.Listener) context.Context { return clientapi.ShutdownContext(ctx) }
-	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: clientBase}
+	// Idle keep-alive connections are closed after a while, so a crowd of
+	// clients that went quiet holds no sockets (long-polls are not idle).
+	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
 	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
 	fedAPI.Rooms = n.Rooms.Inbox()
@@ -166,6 +168,7 @@ func (n *Node) Run(ctx context.Context) error {
 	fedSrv := &http.Server{
 		Handler:           fedAPI.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		BaseContext:       base,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 	}
