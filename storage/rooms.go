@@ -35,6 +35,9 @@ type RoomStore interface {
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	// Membership returns the user's current membership ("" if none).
 	Membership(ctx context.Context, roomID, userID string) (string, error)
+	// MemberRooms lists, sorted, the rooms where the user's current
+	// membership is one of memberships.
+	MemberRooms(ctx context.Context, userID string, memberships []string) ([]string, error)
 	// Forget records that the user forgot the room.
 	Forget(ctx context.Context, userID, roomID string) error
 
