@@ -31,6 +31,10 @@ type RoomStore interface {
 	// auth chain and the state as outliers (the state making the current
 	// state), then join as the room's first timeline event.
 	PersistJoin(ctx context.Context, version string, authChain, state []NewEvent, join NewEvent) error
+	// PersistOutlier stores one event outside any room timeline (an invite
+	// over federation to a room this server is not in); an event already
+	// stored is left as it is.
+	PersistOutlier(ctx context.Context, ev NewEvent) error
 	// JoinedMembers lists the users whose current membership is join.
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	// Membership returns the user's current membership ("" if none).

@@ -22,12 +22,12 @@ type querier interface {
 // eventColumns is the one SELECT list every event loader uses; scanEvent
 // reads it. Join aliases: e = events, r = rooms, c = event_content,
 // t = event_txns.
-const eventColumns = `e.event_nid, e.event_id, e.room_id, r.room_version, e.type, e.state_key,
+const eventColumns = `e.event_nid, e.event_id, e.room_id, COALESCE(r.room_version, ''), e.type, e.state_key,
 	e.sender, e.origin_server_ts, e.depth, e.outlier, e.rejected, e.redacted_by,
 	e.skeleton_json, c.content, t.user_id, t.device_id, t.txn_id`
 
 const eventJoins = `FROM events e
-	JOIN rooms r ON r.room_id = e.room_id
+	LEFT JOIN rooms r ON r.room_id = e.room_id -- outlier invites may name rooms not known here
 	LEFT JOIN event_content c ON c.event_nid = e.event_nid
 	LEFT JOIN event_txns t ON t.event_nid = e.event_nid`
 

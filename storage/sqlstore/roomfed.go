@@ -71,3 +71,10 @@ func persistOutlier(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int6
 	}
 	return nid, nil
 }
+
+func (s *roomStore) PersistOutlier(ctx context.Context, ev storage.NewEvent) error {
+	return s.db.Write(ctx, func(tx *sql.Tx) error {
+		_, err := persistOutlier(ctx, tx, &ev)
+		return err
+	})
+}

@@ -53,6 +53,7 @@ func testRoomFederation(t *testing.T, open Opener) {
 		t.Fatalf("queue after a failed batch: %+v, %v; want empty", items, err)
 	}
 	t.Run("PersistJoin", func(t *testing.T) { testPersistJoin(t, open) })
+	t.Run("PersistOutlier", func(t *testing.T) { testPersistOutlier(t, open) })
 }
 
 // testPersistJoin: a room joined over federation is stored with its state
@@ -107,4 +108,28 @@ func testPersistJoin(t *testing.T, open Opener) {
 
 func gjsonContent(ev storage.Event) []byte {
 	return []byte(gjson.GetBytes(ev.JSON, "content").Raw)
+}
+
+// testPersistOutlier: an outlier invite to an unknown room is stored once,
+// outside any timeline.
+func testPersistOutlier(t *testing.T, open Opener) {
+	ctx := t.Context()
+	rs := open(t).Rooms()
+	w := &roomWriter{roomID: "!elsewhere:b.test"}
+	inv := w.ev("m.room.member", sptr("@bob:a.test"), "@alice:b.test", `{"membership":"invite"}`)
+	for i := 0; i < 2; i++ {
+		if err := rs.PersistOutlier(ctx, inv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := rs.Event(ctx, inv.EventID)
+	if err != nil || !got.Outlier || gjson.GetBytes(got.JSON, "content.membership").String() != "invite" {
+		t.Fatalf("outlier invite: %+v %v", got, err)
+	}
+	if _, err := rs.RoomVersion(ctx, w.roomID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("an outlier made the room known (%v)", err)
+	}
+	if ext, _, err := rs.ForwardExtremities(ctx, w.roomID); err != nil || len(ext) != 0 {
+		t.Fatalf("extremities %v %v", ext, err)
+	}
 }
