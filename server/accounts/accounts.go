@@ -58,6 +58,7 @@ type Service struct {
 	cfg      Config
 	log      logrus.FieldLogger
 	observer DeviceObserver
+	rooms    Rooms // WithRooms (hooks.go)
 	now      func() time.Time
 
 	dummyOnce sync.Once
@@ -69,9 +70,13 @@ type Service struct {
 }
 
 // New builds the accounts service. observer may be nil.
-func New(store storage.AccountStore, cfg Config, log logrus.FieldLogger, observer DeviceObserver) *Service {
-	return &Service{store: store, cfg: cfg, log: log, observer: observer, now: time.Now,
+func New(store storage.AccountStore, cfg Config, log logrus.FieldLogger, observer DeviceObserver, opts ...Option) *Service {
+	s := &Service{store: store, cfg: cfg, log: log, observer: observer, now: time.Now,
 		hashSlots: make(chan struct{}, max(1, runtime.NumCPU()))}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // hashing waits for a bcrypt slot; release it when the hash is done.
@@ -396,6 +401,7 @@ func (s *Service) deactivate(ctx context.Context, userID string) error {
 		return err
 	}
 	s.deviceRemoved(ctx, userID, removed)
+	s.leaveAllRooms(ctx, userID)
 	s.log.WithField("user_id", userID).Info("account deactivated")
 	return nil
 }

@@ -91,7 +91,11 @@ func (s *Service) SetProfileField(ctx context.Context, dev *Device, userID, fiel
 	if errors.Is(err, storage.ErrConflict) {
 		return mxerr.New(http.StatusBadRequest, "M_PROFILE_TOO_LARGE", "the profile would exceed %d bytes", maxProfileBytes)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	s.profileChanged(ctx, userID, field) // hooks.go
+	return nil
 }
 
 // DeleteProfileField removes a field of the caller's own profile.
@@ -100,7 +104,11 @@ func (s *Service) DeleteProfileField(ctx context.Context, dev *Device, userID, f
 	if err := s.ownProfile(ctx, dev, userID, field); err != nil {
 		return err
 	}
-	return s.store.DeleteProfileField(ctx, userID, field)
+	if err := s.store.DeleteProfileField(ctx, userID, field); err != nil {
+		return err
+	}
+	s.profileChanged(ctx, userID, field) // hooks.go
+	return nil
 }
 
 func (s *Service) ownProfile(ctx context.Context, dev *Device, userID, field string) error {

@@ -41,6 +41,7 @@ type Service struct {
 	key      signing.Key
 	waker    Waker
 	profiles Profiles
+	leaves   LeaveObserver // WithLeaveObserver (hooks.go)
 	log      logrus.FieldLogger
 	now      func() time.Time
 	// locks serialise building and persisting per room (striped), so two
@@ -51,8 +52,12 @@ type Service struct {
 }
 
 // New builds the rooms service.
-func New(store storage.RoomStore, key signing.Key, waker Waker, profiles Profiles, log logrus.FieldLogger) *Service {
-	return &Service{store: store, key: key, waker: waker, profiles: profiles, log: log, now: time.Now}
+func New(store storage.RoomStore, key signing.Key, waker Waker, profiles Profiles, log logrus.FieldLogger, opts ...Option) *Service {
+	s := &Service{store: store, key: key, waker: waker, profiles: profiles, log: log, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // SupportedVersions lists the room versions this node creates and joins.
@@ -300,6 +305,7 @@ func (d *draft) commit(ctx context.Context) error {
 	if d.s.waker != nil {
 		d.s.waker.Wake(users...)
 	}
+	d.s.membersLeft(ctx, d.out) // hooks.go
 	return nil
 }
 
