@@ -12,6 +12,7 @@ import (
 
 	"github.com/trustcase/node/server/accounts"
 	"github.com/trustcase/node/server/keys"
+	"github.com/trustcase/node/server/rooms"
 	"github.com/trustcase/node/storage"
 )
 
@@ -86,7 +87,16 @@ func Admin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// waker: this process cannot reach the running node's long-polls; the
 	// device-list change is committed and shows on the peers' next sync.
 	devKeys := keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, nil, log)
-	svc := accounts.New(store.Accounts(), accounts.Config{ServerName: cfg.ServerName, RegistrationMode: cfg.Registration.Mode}, log, devKeys)
+	// A deactivated user leaves their rooms (see adminRooms).
+	var roomSvc *rooms.Service
+	svc := accounts.New(store.Accounts(), accounts.Config{ServerName: cfg.ServerName, RegistrationMode: cfg.Registration.Mode}, log, devKeys,
+		accounts.WithRooms(lateRooms(func() *rooms.Service { return roomSvc })))
+	if sub == "deactivate" {
+		if roomSvc, err = adminRooms(cfg, store, svc, log); err != nil {
+			fmt.Fprintln(stderr, "deactivate:", err)
+			return 1
+		}
+	}
 
 	switch sub {
 	case "create-user":

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/server/rooms"
+	"github.com/trustcase/node/server/signing"
+	"github.com/trustcase/node/storage"
+)
+
+// lateRooms is accounts' view of the rooms service (accounts.Rooms).
+// Rooms is built after accounts, whose profiles its member events carry,
+// so the adapter reaches the service when it is called, not when it is
+// made.
+type lateRooms func() *rooms.Service
+
+var errNoRooms = errors.New("the rooms service is not running in this process")
+
+func (f lateRooms) LeaveAllRooms(ctx context.Context, userID string) error {
+	r := f()
+	if r == nil {
+		return errNoRooms
+	}
+	return r.LeaveAllRooms(ctx, userID)
+}
+
+func (f lateRooms) ProfileChanged(ctx context.Context, userID string) error {
+	r := f()
+	if r == nil {
+		return errNoRooms
+	}
+	return r.ProfileChanged(ctx, userID)
+}
+
+// queuedOnly is the federation queue of a process that sends nothing (the
+// admin command): events for other servers are still queued in the
+// database with the event, and the node sends them with the next event
+// for the same destination, or when it starts.
+type queuedOnly struct{}
+
+func (queuedOnly) Notify(...string) {}
+
+// adminRooms is the rooms service of the admin command, for the leave
+// events of a deactivation: signed with the node's key, queued for the
+// rooms' other servers (queuedOnly). This process cannot wake the running
+// node's long-polls: the leaves are committed and show on the members'
+// next sync.
+func adminRooms(cfg config.Config, store storage.Store, profiles rooms.Profiles, log logrus.FieldLogger) (*rooms.Service, error) {
+	key, err := signing.LoadOrCreate(spec.ServerName(cfg.ServerName), cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	r := rooms.New(store.Rooms(), key, nil, profiles, log)
+	r.EnableFederation(queuedOnly{}, nil)
+	return r, nil
+}
