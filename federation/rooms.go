@@ -16,12 +16,15 @@ import (
 type RoomJoins interface {
 	MakeJoin(ctx context.Context, origin spec.ServerName, roomID, userID string, versions []string) (any, error)
 	SendJoin(ctx context.Context, origin spec.ServerName, roomID, eventID string, event json.RawMessage) (any, error)
+	// ReceiveInvite answers invite (v2) for a local user.
+	ReceiveInvite(ctx context.Context, origin spec.ServerName, roomID, eventID string, body json.RawMessage) (any, error)
 }
 
 // registerRooms adds the room endpoints.
 func (a *API) registerRooms(r *mux.Router) {
 	r.Handle("/_matrix/federation/v1/make_join/{roomId}/{userId}", a.authed(a.makeJoin)).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v2/send_join/{roomId}/{eventId}", a.authed(a.sendJoin)).Methods(http.MethodPut)
+	r.Handle("/_matrix/federation/v2/invite/{roomId}/{eventId}", a.authed(a.invite)).Methods(http.MethodPut)
 }
 
 func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
@@ -49,4 +52,19 @@ func (a *API) sendJoin(r *http.Request, origin spec.ServerName, body []byte) (an
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
 	}
 	return a.Joins.SendJoin(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+}
+
+func (a *API) invite(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
+	roomID, err1 := pathVar(r, "roomId")
+	eventID, err2 := pathVar(r, "eventId")
+	if err1 != nil || err2 != nil {
+		return nil, mxerr.InvalidParam("bad path")
+	}
+	if len(body) == 0 {
+		return nil, mxerr.NotJSON("invite needs a body")
+	}
+	if a.Joins == nil {
+		return nil, mxerr.Forbidden("this server takes no invites")
+	}
+	return a.Joins.ReceiveInvite(r.Context(), origin, roomID, eventID, json.RawMessage(body))
 }

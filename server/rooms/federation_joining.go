@@ -22,6 +22,7 @@ import (
 type FederationClient interface {
 	MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (fclient.RespMakeJoin, error)
 	SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (fclient.RespSendJoin, error)
+	SendInviteV2(ctx context.Context, origin, s spec.ServerName, request fclient.InviteV2Request) (fclient.RespInviteV2, error)
 }
 
 // EnableFederationJoins lets local users join rooms this server is not in,

@@ -13,6 +13,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	"github.com/trustcase/node/server/accounts"
 	"github.com/trustcase/node/server/mxerr"
@@ -61,7 +62,7 @@ func (ks serverKeys) VerifyJSONs(_ context.Context, reqs []gomatrixserverlib.Ver
 
 // direct calls the resident service's endpoints in-process, through the
 // JSON the wire carries.
-type direct struct{ resident *rooms.Service }
+type direct struct{ resident, invitee *rooms.Service }
 
 func wireErr(err error) error {
 	var mx *mxerr.Error
@@ -136,8 +137,8 @@ func TestFederationJoinRemote(t *testing.T) {
 	keys := serverKeys{a.key, b.key}
 	a.rooms.EnableFederation(&notified{}, keys)
 	b.rooms.EnableFederation(&notified{}, keys)
-	b.rooms.EnableFederationJoins(directT{direct{a.rooms}, t})
-	a.rooms.EnableFederationJoins(directT{direct{b.rooms}, t})
+	b.rooms.EnableFederationJoins(directT{direct{resident: a.rooms, invitee: a.rooms}, t})
+	a.rooms.EnableFederationJoins(directT{direct{resident: b.rooms, invitee: b.rooms}, t})
 	alice, bob := a.user(t), b.user(t)
 	roomID := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", Name: "crisis"}))
 
@@ -193,3 +194,73 @@ func TestFederationJoinRemote(t *testing.T) {
 		wantCode(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	})
 }
+
+func (d directT) SendInviteV2(ctx context.Context, origin, _ spec.ServerName, req fclient.InviteV2Request) (fclient.RespInviteV2, error) {
+	var res fclient.RespInviteV2
+	body, err := json.Marshal(req)
+	if err != nil {
+		return res, err
+	}
+	ev := req.Event()
+	resp, err := d.invitee.ReceiveInvite(ctx, origin, ev.RoomID().String(), ev.EventID(), body)
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(d.t, resp, &res)
+	return res, nil
+}
+
+func TestFederationInvite(t *testing.T) {
+	ctx := context.Background()
+	a, b := newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
+	keys := serverKeys{a.key, b.key}
+	a.rooms.EnableFederation(&notified{}, keys)
+	b.rooms.EnableFederation(&notified{}, keys)
+	a.rooms.EnableFederationJoins(directT{direct{resident: b.rooms, invitee: b.rooms}, t})
+	b.rooms.EnableFederationJoins(directT{direct{resident: a.rooms, invitee: a.rooms}, t})
+	alice, bob := a.user(t), b.user(t)
+	roomID := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "private_chat", Name: "invite only"}))
+
+	t.Run("an invite of a remote user is countersigned by its server and stored on both", func(t *testing.T) {
+		if err := a.rooms.Invite(ctx, alice, roomID, bob, ""); err != nil {
+			t.Fatal(err)
+		}
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, roomID, bob)); m != "invite" {
+			t.Fatalf("a: bob is %q", m)
+		}
+		evs := must[[]storage.Event](t)(a.store.Rooms().StateEvents(ctx, roomID, []storage.StateKey{{Type: "m.room.member", StateKey: bob}}))
+		inv := must[storage.Event](t)(b.store.Rooms().Event(ctx, evs[0].EventID))
+		if !inv.Outlier || !gjsonHas(inv.JSON, "signatures.a\\.test") || !gjsonHas(inv.JSON, "signatures.b\\.test") {
+			t.Fatalf("b's invite: outlier %v %s", inv.Outlier, inv.JSON)
+		}
+		if !gjsonHas(inv.JSON, "unsigned.invite_room_state") {
+			t.Fatalf("b's invite lacks the stripped state: %s", inv.JSON)
+		}
+		if b.wakes.count(bob) == 0 {
+			t.Fatal("bob was not woken")
+		}
+	})
+	t.Run("the invited remote user joins the invite-only room", func(t *testing.T) {
+		must[string](t)(b.rooms.Join(ctx, bob, roomID, ""))
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, roomID, bob)); m != "join" {
+			t.Fatalf("a: bob is %q", m)
+		}
+	})
+	t.Run("inviting a user the remote server does not have is its 404, nothing stored", func(t *testing.T) {
+		err := a.rooms.Invite(ctx, alice, roomID, "@ghost:b.test", "")
+		wantCode(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, roomID, "@ghost:b.test")); m != "" {
+			t.Fatalf("ghost is %q", m)
+		}
+	})
+	t.Run("a malformed invite or one of an unsupported room version is refused", func(t *testing.T) {
+		_, err := b.rooms.ReceiveInvite(ctx, "c.test", roomID, "$x", []byte(`{"room_version":"11","event":{"type":"m.room.member"}}`))
+		if err == nil {
+			t.Fatal("accepted")
+		}
+		_, err = b.rooms.ReceiveInvite(ctx, "c.test", roomID, "$x", []byte(`{"room_version":"1","event":{}}`))
+		wantCode(t, err, http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION")
+	})
+}
+
+func gjsonHas(js []byte, path string) bool { return gjson.GetBytes(js, path).Exists() }

@@ -108,6 +108,9 @@ func (s *Service) Invite(ctx context.Context, sender, roomID, target, reason str
 	if err := checkRoomID(roomID); err != nil {
 		return err
 	}
+	if srv := serverOf(target); srv != "" && srv != string(s.key.ServerName) && s.fed != nil && s.fed.client != nil {
+		return s.inviteRemote(ctx, sender, roomID, target, reason) // federation_invite.go
+	}
 	if err := s.checkInvitee(ctx, target); err != nil {
 		return err
 	}
