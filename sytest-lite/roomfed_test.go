@@ -75,6 +75,22 @@ func TestRoomFederation(t *testing.T) {
 			bobSince = bob.SyncUntil(t, bobSince, "", func(s gjson.Result) bool { return timelineHas(s, roomID, "", "sent while org-b was down") })
 		})
 
+		t.Run("a user of org-b invited to an invite-only room of org-a sees the invite in /sync and joins", func(t *testing.T) {
+			private := alice.CreateRoom(t, map[string]any{"preset": "private_chat", "name": "private crisis"})
+			alice.Invite(t, private, bob.UserID)
+			bob.SyncUntil(t, "", "", func(s gjson.Result) bool {
+				for _, ev := range s.Get("rooms.invite." + gjson.Escape(private) + ".invite_state.events").Array() {
+					if ev.Get("type").String() == "m.room.name" && ev.Get("content.name").String() == "private crisis" {
+						return true
+					}
+				}
+				return false
+			})
+			bob.Join(t, private)
+			bob.SendText(t, private, "joined by invite")
+			alice.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, private, "", "joined by invite") })
+		})
+
 		// Bad input: events org-b's server sends that org-a must refuse.
 		bKey := signingKey(t, p.b)
 		dest := spec.ServerName(p.a.ServerName)
