@@ -22,7 +22,7 @@ subcommands:
   create-user                          create an account; prints its ID and a one-time initial password
   create-token [-uses N] [-expires D]  create a registration token (N uses, 0 = unlimited; D e.g. 24h, 0 = never)
   list-users                           list every account
-  deactivate @user:server              deactivate an account and log out its device`
+  deactivate @user:server              deactivate an account, log out its device and leave its rooms`
 
 // Admin runs "trustcase admin <subcommand>". Exit codes: 0 ok, 1 failure,
 // 2 usage.
