@@ -165,7 +165,12 @@ func (s *Service) inviteRemote(ctx context.Context, sender, roomID, target, reas
 	resp, err := s.fed.client.SendInviteV2(ctx, s.key.ServerName, dest, req)
 	if err != nil {
 		s.log.WithField("destination", dest).WithError(err).Info("invite refused or failed")
-		return remoteErr(dest, "invite", err)
+		var mx *mxerr.Error
+		if errors.As(remoteErr(dest, "invite", err), &mx) && mx.Status < 500 {
+			return mx
+		}
+		// Without the invitee's server's signature there is no invite.
+		return mxerr.Forbidden("cannot invite %s: %s did not countersign the invite (unreachable or failing)", target, dest)
 	}
 	signed, err := d.verImpl.NewEventFromUntrustedJSON(resp.Event)
 	if err != nil || signed.EventID() != ev.EventID() || signed.Redacted() {
