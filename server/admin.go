@@ -82,7 +82,11 @@ func Admin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer store.Close()
 	log := logrus.New()
-	log.SetOutput(io.Discard) // the command prints its own results
+	// The command prints its own results; only failures the services log
+	// after a commit (a room the deactivated user could not leave) reach
+	// stderr.
+	log.SetOutput(stderr)
+	log.SetLevel(logrus.ErrorLevel)
 	// A deactivated device's keys and queued to-device messages go too. No
 	// waker: this process cannot reach the running node's long-polls; the
 	// device-list change is committed and shows on the peers' next sync.
