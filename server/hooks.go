@@ -8,9 +8,18 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/trustcase/node/config"
+	"github.com/trustcase/node/server/accountdata"
+	"github.com/trustcase/node/server/accounts"
 	"github.com/trustcase/node/server/rooms"
 	"github.com/trustcase/node/server/signing"
 	"github.com/trustcase/node/storage"
+)
+
+// The services implement the hooks the others declare.
+var (
+	_ accounts.Rooms      = (*rooms.Service)(nil)
+	_ accounts.Rooms      = lateRooms(nil)
+	_ rooms.LeaveObserver = (*accountdata.Service)(nil)
 )
 
 // lateRooms is accounts' view of the rooms service (accounts.Rooms).
