@@ -46,6 +46,18 @@ func TestRoomFederation(t *testing.T) {
 				}
 				return false
 			})
+			// A fresh initial sync carries the room's state from before the
+			// join (what send_join brought), as clients need it to show the room.
+			initial := bob.Sync(t, "")
+			sawName := false
+			for _, ev := range initial.Get("rooms.join." + gjson.Escape(roomID) + ".state.events").Array() {
+				if ev.Get("type").String() == "m.room.name" && ev.Get("content.name").String() == "crisis room" {
+					sawName = true
+				}
+			}
+			if !sawName {
+				t.Fatalf("org-b's initial sync has no m.room.name in the room's state: %s", initial.Get("rooms.join."+gjson.Escape(roomID)).Raw)
+			}
 			state := bob.MustDo(t, http.MethodGet, "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/state/m.room.name/", nil, http.StatusOK)
 			if state.Get("name").String() != "crisis room" {
 				t.Fatalf("org-b's state of the room has name %s", state.Raw)

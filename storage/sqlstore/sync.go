@@ -158,7 +158,16 @@ func (s *syncStore) StateAt(ctx context.Context, roomID string, pos int64) ([]st
 		WHERE room_id = $1 AND event_nid <= $2 AND NOT outlier
 		ORDER BY event_nid DESC LIMIT 1`, roomID, pos).Scan(&nid, &snapshot, &stateKey, &rejected)
 	if err == sql.ErrNoRows {
-		return nil, nil
+		// Before the room's first timeline event the state is what the node
+		// knew when that event arrived: empty for a room made here (its
+		// first event is the create), the state a join over federation
+		// brought for a room joined on another server.
+		err = s.db.R.QueryRowContext(ctx, `SELECT state_before FROM events
+			WHERE room_id = $1 AND NOT outlier ORDER BY event_nid LIMIT 1`, roomID).Scan(&snapshot)
+		if err == sql.ErrNoRows {
+			return nil, nil
+		}
+		nid, stateKey = 0, sql.NullString{}
 	}
 	if err != nil {
 		return nil, err
