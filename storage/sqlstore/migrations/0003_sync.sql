@@ -1,6 +1,6 @@
 -- Filters uploaded with POST /user/{userId}/filter. The id is the row's nid.
 CREATE TABLE sync_filters (
-    filter_nid  INTEGER PRIMARY KEY AUTOINCREMENT,
+    filter_nid  {{serial}},
     user_id     TEXT NOT NULL,
     filter_json TEXT NOT NULL
 );

@@ -16,7 +16,7 @@ CREATE TABLE rooms (
 -- event_nid is also the timeline stream position: events are written by one
 -- writer, so nids grow in commit order.
 CREATE TABLE events (
-    event_nid        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_nid        {{serial}},
     event_id         TEXT NOT NULL UNIQUE,
     room_id          TEXT NOT NULL,
     type             TEXT NOT NULL,
@@ -40,7 +40,7 @@ CREATE INDEX events_room_depth ON events (room_id, depth, event_nid);
 -- The content of an event, canonical JSON. Deleted on redaction and when
 -- retention purges delivered content; the event then reads as redacted.
 CREATE TABLE event_content (
-    event_nid BIGINT PRIMARY KEY REFERENCES events (event_nid) ON DELETE CASCADE,
+    event_nid {{nid}} PRIMARY KEY REFERENCES events (event_nid) ON DELETE CASCADE,
     content   TEXT NOT NULL
 );
 
@@ -50,7 +50,7 @@ CREATE TABLE event_txns (
     user_id   TEXT NOT NULL,
     device_id TEXT NOT NULL,
     txn_id    TEXT NOT NULL,
-    event_nid BIGINT NOT NULL UNIQUE REFERENCES events (event_nid) ON DELETE CASCADE,
+    event_nid {{nid}} NOT NULL UNIQUE REFERENCES events (event_nid) ON DELETE CASCADE,
     PRIMARY KEY (user_id, device_id, txn_id)
 );
 
@@ -58,7 +58,7 @@ CREATE TABLE event_txns (
 -- sorted. A new snapshot is made only when a state event changes the state;
 -- message events share the snapshot they were sent in.
 CREATE TABLE state_snapshots (
-    snapshot_nid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    snapshot_nid {{serial}},
     room_id      TEXT NOT NULL,
     event_nids   TEXT NOT NULL
 );

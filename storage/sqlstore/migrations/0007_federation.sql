@@ -26,7 +26,7 @@ CREATE TABLE federation_inbound_txns (
 -- What we still have to send to each destination, in order. A row is deleted
 -- once the destination acknowledged the transaction carrying it.
 CREATE TABLE federation_queue (
-    position    INTEGER PRIMARY KEY AUTOINCREMENT,
+    position    {{serial}},
     destination TEXT NOT NULL,
     kind        TEXT NOT NULL,      -- 'pdu' or 'edu'
     event_id    TEXT NOT NULL DEFAULT '', -- for PDUs: the event it carries
