@@ -5,9 +5,9 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -15,10 +15,12 @@ import (
 	"github.com/trustcase/node/storage/sqlstore"
 )
 
-//go:embed migrations/*.sql
-var migrations embed.FS
-
 type dialect struct{}
+
+// schemaTypes are the column types the shared migrations leave to the dialect.
+var schemaTypes = strings.NewReplacer("{{serial}}", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "{{nid}}", "BIGINT")
+
+func (dialect) ExpandSchema(ddl string) string { return schemaTypes.Replace(ddl) }
 
 func (dialect) Name() string { return "postgres" }
 
@@ -45,7 +47,7 @@ func Open(ctx context.Context, dsn string) (*sqlstore.DB, error) {
 	}
 	r.SetMaxOpenConns(16)
 	db := &sqlstore.DB{W: w, R: r, Dialect: dialect{}}
-	if err := db.Migrate(ctx, migrations); err != nil {
+	if err := db.Migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}

@@ -6,13 +6,13 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -20,10 +20,12 @@ import (
 	"github.com/trustcase/node/storage/sqlstore"
 )
 
-//go:embed migrations/*.sql
-var migrations embed.FS
-
 type dialect struct{}
+
+// schemaTypes are the column types the shared migrations leave to the dialect.
+var schemaTypes = strings.NewReplacer("{{serial}}", "INTEGER PRIMARY KEY AUTOINCREMENT", "{{nid}}", "INTEGER")
+
+func (dialect) ExpandSchema(ddl string) string { return schemaTypes.Replace(ddl) }
 
 func (dialect) Name() string { return "sqlite" }
 
@@ -80,7 +82,7 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 	}
 	r.SetMaxOpenConns(max(4, 2*runtime.NumCPU()))
 	db := &sqlstore.DB{W: w, R: r, Dialect: dialect{}}
-	if err := db.Migrate(ctx, migrations); err != nil {
+	if err := db.Migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}

@@ -6,6 +6,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,7 +23,14 @@ type Dialect interface {
 	Name() string
 	// IsUniqueViolation tells whether err is a unique/primary key conflict.
 	IsUniqueViolation(err error) bool
+	// ExpandSchema writes a migration in the dialect: the migrations name
+	// {{serial}} for an auto-incrementing 64-bit primary key and {{nid}} for
+	// a 64-bit column that refers to one.
+	ExpandSchema(ddl string) string
 }
+
+//go:embed migrations/*.sql
+var migrations embed.FS
 
 // DB is the store. Writes go through one connection (W): SQLite allows one
 // writer anyway, and on PostgreSQL it makes commit order equal to the order
@@ -82,8 +90,14 @@ func (db *DB) mapErr(err error) error {
 }
 
 // Migrate applies, in order and each in its own transaction, every
-// migrations/NNNN_name.sql in fsys not yet recorded in schema_migrations.
-func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
+// migrations/NNNN_name.sql not yet recorded in schema_migrations. One set of
+// migrations serves both backends: the dialect expands the few column types
+// that differ.
+func (db *DB) Migrate(ctx context.Context) error {
+	return db.migrate(ctx, migrations)
+}
+
+func (db *DB) migrate(ctx context.Context, fsys fs.FS) error {
 	if _, err := db.W.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version INTEGER PRIMARY KEY, name TEXT NOT NULL)`); err != nil {
 		return fmt.Errorf("creating schema_migrations: %w", err)
@@ -115,7 +129,7 @@ func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
 			return err
 		}
 		err = db.Write(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			if _, err := tx.ExecContext(ctx, db.Dialect.ExpandSchema(string(body))); err != nil {
 				return err
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, version, name)
