@@ -80,7 +80,11 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 		w.Close()
 		return nil, err
 	}
-	r.SetMaxOpenConns(max(4, 2*runtime.NumCPU()))
+	readers := max(4, 2*runtime.NumCPU())
+	r.SetMaxOpenConns(readers)
+	// Keep the readers open: database/sql keeps only two idle by default,
+	// and a burst of syncs would reopen connections all the time.
+	r.SetMaxIdleConns(readers)
 	db := &sqlstore.DB{W: w, R: r, Dialect: dialect{}}
 	if err := db.Migrate(ctx); err != nil {
 		db.Close()

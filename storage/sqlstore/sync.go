@@ -250,12 +250,16 @@ func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Even
 	return loadEventByID(ctx, s.db.R, eventID)
 }
 
+// VisibilityChanges is two index lookups joined with UNION ALL: written as
+// one WHERE with an OR, SQLite's planner scanned the room's whole history
+// (BENCHMARKS.md, initial sync).
 func (s *syncStore) VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]storage.StateChange, error) {
 	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
-		WHERE room_id = $1 AND event_nid <= $3 AND NOT outlier AND NOT rejected
-			AND ((type = 'm.room.history_visibility' AND state_key = '')
-				OR (type = 'm.room.member' AND state_key = $2))
-		ORDER BY event_nid`, roomID, userID, upTo)
+		WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND event_nid <= $3 AND NOT outlier AND NOT rejected
+		UNION ALL
+		SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $3 AND NOT outlier AND NOT rejected
+		ORDER BY 1`, roomID, userID, upTo)
 	if err != nil {
 		return nil, err
 	}
