@@ -64,7 +64,6 @@ func adminRooms(cfg config.Config, store storage.Store, profiles rooms.Profiles,
 	if err != nil {
 		return nil, err
 	}
-	r := rooms.New(store.Rooms(), key, nil, profiles, log)
-	r.EnableFederation(queuedOnly{}, nil)
+	r := rooms.New(store.Rooms(), key, nil, profiles, log, rooms.WithFederation(queuedOnly{}, nil, nil))
 	return r, nil
 }

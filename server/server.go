@@ -68,25 +68,24 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	}
 	notifier := sync.NewNotifier()
 	n := &Node{Config: cfg, Log: log, Store: store, Key: key}
+	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
+		store.Close()
+		return nil, err
+	}
 	n.Keys = keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, notifier, log.WithField("component", "keys"))
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
 	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms(func() *rooms.Service { return n.Rooms })))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
-	n.Rooms = rooms.New(store.Rooms(), key, notifier, n.Accounts, log.WithField("component", "rooms"), rooms.WithLeaveObserver(n.AccountData))
+	n.Rooms = rooms.New(store.Rooms(), key, notifier, n.Accounts, log.WithField("component", "rooms"), rooms.WithLeaveObserver(n.AccountData),
+		rooms.WithFederation(n.Federation.Queue, n.Federation.KeyRing, n.Federation.Client))
 	n.Media = media.New(store.Media(), media.Config{
 		ServerName: cfg.ServerName,
 		Dir:        filepath.Join(cfg.DataDir, "media"),
 		MaxBytes:   cfg.Media.MaxUploadBytes,
 	}, log.WithField("component", "media"))
 	n.Sync = sync.New(store.Sync(), notifier, n.AccountData, n.Keys, log.WithField("component", "sync"))
-	if n.Federation, err = federation.NewTransport(cfg.Federation, key, store.Federation(), log.WithField("component", "federation")); err != nil {
-		store.Close()
-		return nil, err
-	}
-	n.Rooms.EnableFederation(n.Federation.Queue, n.Federation.KeyRing)
-	n.Rooms.EnableFederationJoins(n.Federation.Client)
 	return n, nil
 }
 

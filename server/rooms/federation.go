@@ -25,15 +25,16 @@ type FederationQueue interface {
 type fedState struct {
 	queue    FederationQueue
 	verifier gomatrixserverlib.JSONVerifier
-	client   FederationClient // EnableFederationJoins
+	client   FederationClient // nil: no joins or invites through other servers
 }
 
-// EnableFederation makes the service queue the events of its local users
-// for the other servers in their rooms (in the same transaction as the
-// event, then queue.Notify), and check inbound events' signatures with
-// verifier (the keyring). Call it once, before serving.
-func (s *Service) EnableFederation(queue FederationQueue, verifier gomatrixserverlib.JSONVerifier) {
-	s.fed = &fedState{queue: queue, verifier: verifier}
+// WithFederation makes the service queue the events of its local users for
+// the other servers in their rooms (in the same transaction as the event,
+// then queue.Notify), check inbound events' signatures with verifier (the
+// keyring), and, with a client, join rooms and invite users on other
+// servers through them.
+func WithFederation(queue FederationQueue, verifier gomatrixserverlib.JSONVerifier, client FederationClient) Option {
+	return func(s *Service) { s.fed = &fedState{queue: queue, verifier: verifier, client: client} }
 }
 
 func serverOf(userID string) string {

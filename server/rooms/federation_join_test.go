@@ -41,7 +41,7 @@ func testJoinResident(t *testing.T, version string) {
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	other := remote{name: "other.test", priv: otherPriv}
 	keys := peerKeys{serverName: e.key.Public(), remoteServer: r.priv.Public().(ed25519.PublicKey), other.name: otherPriv.Public().(ed25519.PublicKey)}
-	e.rooms.EnableFederation(&notified{}, verifierWithLocal{peerKeys: keys, localID: e.key.KeyID, local: e.key.ServerName})
+	e.federate(&notified{}, verifierWithLocal{peerKeys: keys, localID: e.key.KeyID, local: e.key.ServerName}, nil)
 	alice := e.user(t)
 	roomID := must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", RoomVersion: version}))
 	verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)))

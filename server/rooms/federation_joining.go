@@ -25,14 +25,6 @@ type FederationClient interface {
 	SendInviteV2(ctx context.Context, origin, s spec.ServerName, request fclient.InviteV2Request) (fclient.RespInviteV2, error)
 }
 
-// EnableFederationJoins lets local users join rooms this server is not in,
-// through the room's server.
-func (s *Service) EnableFederationJoins(client FederationClient) {
-	if s.fed != nil {
-		s.fed.client = client
-	}
-}
-
 // joinServer is the server to join roomID through: the one in its id
 // (room versions before 12).
 func joinServer(roomID string) (spec.ServerName, bool) {

@@ -62,7 +62,8 @@ func (ks serverKeys) VerifyJSONs(_ context.Context, reqs []gomatrixserverlib.Ver
 
 // direct calls the resident service's endpoints in-process, through the
 // JSON the wire carries.
-type direct struct{ resident, invitee *rooms.Service }
+// direct calls the other env's service at call time (it is built after this one).
+type direct struct{ resident, invitee *env }
 
 func wireErr(err error) error {
 	var mx *mxerr.Error
@@ -90,7 +91,7 @@ type directT struct {
 
 func (d directT) MakeJoin(ctx context.Context, origin, _ spec.ServerName, roomID, userID string) (fclient.RespMakeJoin, error) {
 	var res fclient.RespMakeJoin
-	resp, err := d.resident.MakeJoin(ctx, origin, roomID, userID, []string{"10", "11", "12"})
+	resp, err := d.resident.rooms.MakeJoin(ctx, origin, roomID, userID, []string{"10", "11", "12"})
 	if err != nil {
 		return res, wireErr(err)
 	}
@@ -100,7 +101,7 @@ func (d directT) MakeJoin(ctx context.Context, origin, _ spec.ServerName, roomID
 
 func (d directT) SendJoin(ctx context.Context, origin, _ spec.ServerName, ev gomatrixserverlib.PDU) (fclient.RespSendJoin, error) {
 	var res fclient.RespSendJoin
-	resp, err := d.resident.SendJoin(ctx, origin, ev.RoomID().String(), ev.EventID(), ev.JSON())
+	resp, err := d.resident.rooms.SendJoin(ctx, origin, ev.RoomID().String(), ev.EventID(), ev.JSON())
 	if err != nil {
 		return res, wireErr(err)
 	}
@@ -135,10 +136,8 @@ func TestFederationJoinRemote(t *testing.T) {
 	ctx := context.Background()
 	a, b := newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
 	keys := serverKeys{a.key, b.key}
-	a.rooms.EnableFederation(&notified{}, keys)
-	b.rooms.EnableFederation(&notified{}, keys)
-	b.rooms.EnableFederationJoins(directT{direct{resident: a.rooms, invitee: a.rooms}, t})
-	a.rooms.EnableFederationJoins(directT{direct{resident: b.rooms, invitee: b.rooms}, t})
+	a.federate(&notified{}, keys, directT{direct{resident: b, invitee: b}, t})
+	b.federate(&notified{}, keys, directT{direct{resident: a, invitee: a}, t})
 	alice, bob := a.user(t), b.user(t)
 	roomID := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", Name: "crisis"}))
 
@@ -202,7 +201,7 @@ func (d directT) SendInviteV2(ctx context.Context, origin, _ spec.ServerName, re
 		return res, err
 	}
 	ev := req.Event()
-	resp, err := d.invitee.ReceiveInvite(ctx, origin, ev.RoomID().String(), ev.EventID(), body)
+	resp, err := d.invitee.rooms.ReceiveInvite(ctx, origin, ev.RoomID().String(), ev.EventID(), body)
 	if err != nil {
 		return res, wireErr(err)
 	}
@@ -214,10 +213,8 @@ func TestFederationInvite(t *testing.T) {
 	ctx := context.Background()
 	a, b := newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
 	keys := serverKeys{a.key, b.key}
-	a.rooms.EnableFederation(&notified{}, keys)
-	b.rooms.EnableFederation(&notified{}, keys)
-	a.rooms.EnableFederationJoins(directT{direct{resident: b.rooms, invitee: b.rooms}, t})
-	b.rooms.EnableFederationJoins(directT{direct{resident: a.rooms, invitee: a.rooms}, t})
+	a.federate(&notified{}, keys, directT{direct{resident: b, invitee: b}, t})
+	b.federate(&notified{}, keys, directT{direct{resident: a, invitee: a}, t})
 	alice, bob := a.user(t), b.user(t)
 	roomID := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "private_chat", Name: "invite only"}))
 

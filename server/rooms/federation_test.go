@@ -135,7 +135,7 @@ func testFederationRooms(t *testing.T, version string) {
 	// the local key's id is not "ed25519:k": verify ours under its real id
 	local := verifierWithLocal{peerKeys: keys, localID: e.key.KeyID, local: e.key.ServerName}
 	q := &notified{}
-	e.rooms.EnableFederation(q, local)
+	e.federate(q, local, nil)
 	inbox := e.rooms.Inbox()
 	alice := e.user(t)
 	roomID := must[string](t)(e.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", RoomVersion: version}))

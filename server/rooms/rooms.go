@@ -47,7 +47,7 @@ type Service struct {
 	// locks serialise building and persisting per room (striped), so two
 	// concurrent sends never share prev_events.
 	locks [64]sync.Mutex
-	// fed is set by EnableFederation (federation.go).
+	// fed is set by WithFederation (federation.go).
 	fed *fedState
 }
 

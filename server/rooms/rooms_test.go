@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/matrix-org/gomatrixserverlib"
 	"path/filepath"
 	"strings"
 	gosync "sync"
@@ -79,6 +80,14 @@ func (e *env) open(t *testing.T) {
 	e.accounts = accounts.New(db.Accounts(), accounts.Config{ServerName: serverName}, log, nil)
 	e.wakes = &wakes{users: map[string]int{}}
 	e.rooms = rooms.New(db.Rooms(), key, e.wakes, e.accounts, log)
+}
+
+// federate rebuilds the env's rooms service with federation, as server.New
+// wires it; call it before the service is used.
+func (e *env) federate(q rooms.FederationQueue, v gomatrixserverlib.JSONVerifier, c rooms.FederationClient) {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	e.rooms = rooms.New(e.store.Rooms(), e.key, e.wakes, e.accounts, log, rooms.WithFederation(q, v, c))
 }
 
 func (e *env) user(t *testing.T) string {
