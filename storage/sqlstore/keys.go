@@ -126,27 +126,7 @@ func (s *keyStore) UploadKeys(ctx context.Context, userID, deviceID string, devi
 }
 
 func (s *keyStore) DeviceKeys(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
-	out := map[string]map[string]json.RawMessage{}
-	if len(userIDs) == 0 {
-		return out, nil
-	}
-	in, args := keysIn(1, userIDs)
-	rows, err := s.db.R.QueryContext(ctx, `SELECT user_id, device_id, key_json FROM device_keys WHERE user_id IN (`+in+`)`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var user, device, js string
-		if err := rows.Scan(&user, &device, &js); err != nil {
-			return nil, err
-		}
-		if out[user] == nil {
-			out[user] = map[string]json.RawMessage{}
-		}
-		out[user][device] = json.RawMessage(js)
-	}
-	return out, rows.Err()
+	return s.keysByUser(ctx, `SELECT user_id, device_id, key_json FROM device_keys WHERE user_id IN `, userIDs)
 }
 
 func (s *keyStore) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
@@ -238,25 +218,31 @@ func (s *keyStore) ClaimKeys(ctx context.Context, reqs []storage.ClaimRequest) (
 }
 
 func (s *keyStore) CrossSigningKeys(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
+	return s.keysByUser(ctx, `SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN `, userIDs)
+}
+
+// keysByUser runs query (selecting user, key name and key JSON, ending in
+// "user_id IN ") for userIDs and returns user → name → key.
+func (s *keyStore) keysByUser(ctx context.Context, query string, userIDs []string) (map[string]map[string]json.RawMessage, error) {
 	out := map[string]map[string]json.RawMessage{}
 	if len(userIDs) == 0 {
 		return out, nil
 	}
 	in, args := keysIn(1, userIDs)
-	rows, err := s.db.R.QueryContext(ctx, `SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN (`+in+`)`, args...)
+	rows, err := s.db.R.QueryContext(ctx, query+`(`+in+`)`, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var user, typ, js string
-		if err := rows.Scan(&user, &typ, &js); err != nil {
+		var user, name, js string
+		if err := rows.Scan(&user, &name, &js); err != nil {
 			return nil, err
 		}
 		if out[user] == nil {
 			out[user] = map[string]json.RawMessage{}
 		}
-		out[user][typ] = json.RawMessage(js)
+		out[user][name] = json.RawMessage(js)
 	}
 	return out, rows.Err()
 }
