@@ -14,6 +14,11 @@ type RoomStore interface {
 	// StateEvents returns the room's current state events for these
 	// (type, state key) pairs; pairs without an event are left out.
 	StateEvents(ctx context.Context, roomID string, keys []StateKey) ([]Event, error)
+	// StateBefore returns the room state before a timeline event: the
+	// snapshot it was stored with. ErrNotFound if the event is unknown,
+	// ErrStateUnknown if it is an outlier. The state after a state event
+	// that was not rejected is this plus the event itself.
+	StateBefore(ctx context.Context, eventID string) ([]Event, error)
 	// ForwardExtremities returns the room's forward extremities (the
 	// prev_events of its next event) and the greatest depth among them.
 	ForwardExtremities(ctx context.Context, roomID string) (eventIDs []string, maxDepth int64, err error)

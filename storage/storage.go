@@ -14,6 +14,9 @@ var (
 	ErrNotFound = errors.New("storage: not found")
 	// ErrConflict: a unique key is taken (or a compare-and-set lost).
 	ErrConflict = errors.New("storage: conflict")
+	// ErrStateUnknown: the event is known but the room state at it is not
+	// (an outlier: fetched for auth or received as an invite).
+	ErrStateUnknown = errors.New("storage: state at the event is unknown")
 )
 
 // Store is the node's whole store. Each accessor returns the part for one
