@@ -40,6 +40,10 @@ type RoomStore interface {
 	// over federation to a room this server is not in); an event already
 	// stored is left as it is.
 	PersistOutlier(ctx context.Context, ev NewEvent) error
+	// OutlierMembership returns the latest m.room.member event of userID
+	// in roomID stored as an outlier (an invite over federation to a room
+	// this server is not in, or its rejection); ErrNotFound if none.
+	OutlierMembership(ctx context.Context, roomID, userID string) (Event, error)
 	// JoinedMembers lists the users whose current membership is join.
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	// Membership returns the user's current membership ("" if none).

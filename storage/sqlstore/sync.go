@@ -37,6 +37,7 @@ func (s *syncStore) UserMemberships(ctx context.Context, userID string, upTo int
 	}
 	defer rows.Close()
 	var out []storage.Membership
+	outlierInvite := map[string]bool{} // rooms whose latest membership is an outlier invite
 	for rows.Next() {
 		var m storage.Membership
 		var skel string
@@ -46,10 +47,12 @@ func (s *syncStore) UserMemberships(ctx context.Context, userID string, upTo int
 		}
 		m.Membership = gjson.Get(skel, "content.membership").String()
 		// An invite over federation to a room the node is not in arrives
-		// as an outlier; other outliers are not the user's membership.
-		if outlier && m.Membership != "invite" {
+		// as an outlier, and so does its rejection (a leave right after
+		// it); other outliers are not the user's membership.
+		if outlier && m.Membership != "invite" && !(m.Membership == "leave" && outlierInvite[m.RoomID]) {
 			continue
 		}
+		outlierInvite[m.RoomID] = outlier && m.Membership == "invite"
 		out = append(out, m)
 	}
 	return out, rows.Err()

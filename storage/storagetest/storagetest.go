@@ -24,6 +24,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
 	t.Run("Federation", func(t *testing.T) { testFederationStore(t, open) })
 	t.Run("RoomFederation", func(t *testing.T) { testRoomFederation(t, open) })
+	t.Run("OutlierMembership", func(t *testing.T) { testOutlierMembership(t, open) })
 }
 
 // testMigrate checks a fresh store answers.
