@@ -5,7 +5,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net/url"
@@ -60,7 +59,7 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 		}
 		return "file:" + path + "?" + q.Encode()
 	}
-	w, err := sql.Open("sqlite", dsn(false))
+	w, err := sqlstore.OpenCaching("sqlite", dsn(false))
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +74,7 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 		w.Close()
 		return nil, err
 	}
-	r, err := sql.Open("sqlite", dsn(true))
+	r, err := sqlstore.OpenCaching("sqlite", dsn(true))
 	if err != nil {
 		w.Close()
 		return nil, err
