@@ -44,6 +44,8 @@ type RoomStore interface {
 	// in roomID stored as an outlier (an invite over federation to a room
 	// this server is not in, or its rejection); ErrNotFound if none.
 	OutlierMembership(ctx context.Context, roomID, userID string) (Event, error)
+	// Room history for other servers and from them (sqlstore/roomread.go).
+	RoomHistoryStore
 	// JoinedMembers lists the users whose current membership is join.
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	// Membership returns the user's current membership ("" if none).
@@ -117,3 +119,33 @@ type Alias struct {
 
 // StateKey names one piece of room state.
 type StateKey struct{ Type, StateKey string }
+
+// RoomHistoryStore reads room history to serve it to other servers
+// (/backfill, /get_missing_events, /event) and stores history backfilled
+// from them. Backfilled events are timeline events with NEGATIVE nids,
+// below every nid in the store: /messages (nid order) reads them before
+// the events this server received live, and /sync, which reads positions
+// after a token (never below 0), never shows them as new.
+type RoomHistoryStore interface {
+	// EventsByID returns the stored events among eventIDs, in no order.
+	EventsByID(ctx context.Context, eventIDs []string) ([]Event, error)
+	// ServerVisibility returns, in nid order, what decides which of a
+	// room's events a server may see: the accepted timeline
+	// m.room.history_visibility events and m.room.member events of the
+	// server's users (Value is the visibility or membership). The state of
+	// those kinds before the room's first live timeline event (the state a
+	// join over federation brought) comes first, with NID math.MinInt64.
+	ServerVisibility(ctx context.Context, roomID, server string) ([]StateChange, error)
+	// EarliestEvent returns the room's accepted timeline event with the
+	// lowest nid, where backfilling goes on from; ErrNotFound if none.
+	EarliestEvent(ctx context.Context, roomID string) (Event, error)
+	// PersistBackfill stores, in one transaction, events of roomID fetched
+	// from another server as history before everything the store holds:
+	// in the order given (newest first), each takes the next nid down
+	// from the lowest in the store (and below 0). Events already stored are
+	// skipped; a nil Content stores the event redacted. Current state and
+	// extremities are untouched; each event's state is taken to be the
+	// state before the room's first live timeline event. It returns how
+	// many events were stored.
+	PersistBackfill(ctx context.Context, roomID string, evs []NewEvent) (int, error)
+}

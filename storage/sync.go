@@ -75,7 +75,8 @@ type StateChange struct {
 // EventQuery selects a slice of a room's timeline.
 type EventQuery struct {
 	// After and UpTo bound the nids: After < nid <= UpTo. UpTo <= 0 means
-	// no upper bound.
+	// no upper bound, unless After < 0: a range reaching into backfilled
+	// history (negative nids, see RoomHistoryStore) is always bounded.
 	After, UpTo int64
 	Limit       int
 	Backward    bool

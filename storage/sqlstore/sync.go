@@ -83,7 +83,7 @@ func (s *syncStore) RoomEvents(ctx context.Context, roomID string, q storage.Eve
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
 	}
-	if q.UpTo > 0 {
+	if q.UpTo > 0 || q.After < 0 {
 		w.WriteString(" AND e.event_nid <= " + arg(q.UpTo))
 	}
 	match := func(col string, values []string, set, not bool) {
