@@ -68,7 +68,11 @@ func (a *API) joinRoom(r *http.Request, dev *accounts.Device) (any, error) {
 	if err := decodeJSON(r, &body); err != nil {
 		return nil, err
 	}
-	roomID, err := a.Rooms.Join(r.Context(), dev.UserID, target, body.Reason)
+	// Servers to join a room this node is not in through (room ids of v12
+	// name none): server_name (deprecated) and via, both repeatable.
+	q := r.URL.Query()
+	via := append(q["via"], q["server_name"]...)
+	roomID, err := a.Rooms.JoinVia(r.Context(), dev.UserID, target, body.Reason, via)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,9 @@ type RoomJoins interface {
 	SendJoin(ctx context.Context, origin spec.ServerName, roomID, eventID string, event json.RawMessage) (any, error)
 	// ReceiveInvite answers invite (v2) for a local user.
 	ReceiveInvite(ctx context.Context, origin spec.ServerName, roomID, eventID string, body json.RawMessage) (any, error)
+	// MakeLeave and SendLeave (v2) are the resident side of leaves.
+	MakeLeave(ctx context.Context, origin spec.ServerName, roomID, userID string) (any, error)
+	SendLeave(ctx context.Context, origin spec.ServerName, roomID, eventID string, event json.RawMessage) (any, error)
 }
 
 // registerRooms adds the room endpoints.
@@ -25,6 +28,8 @@ func (a *API) registerRooms(r *mux.Router) {
 	r.Handle("/_matrix/federation/v1/make_join/{roomId}/{userId}", a.authed(a.makeJoin)).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v2/send_join/{roomId}/{eventId}", a.authed(a.sendJoin)).Methods(http.MethodPut)
 	r.Handle("/_matrix/federation/v2/invite/{roomId}/{eventId}", a.authed(a.invite)).Methods(http.MethodPut)
+	r.Handle("/_matrix/federation/v1/make_leave/{roomId}/{userId}", a.authed(a.makeLeave)).Methods(http.MethodGet)
+	r.Handle("/_matrix/federation/v2/send_leave/{roomId}/{eventId}", a.authed(a.sendLeave)).Methods(http.MethodPut)
 }
 
 func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
@@ -32,6 +37,9 @@ func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, 
 	userID, err2 := pathVar(r, "userId")
 	if err1 != nil || err2 != nil {
 		return nil, mxerr.InvalidParam("bad path")
+	}
+	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+		return nil, err
 	}
 	if a.Joins == nil {
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
@@ -48,6 +56,9 @@ func (a *API) sendJoin(r *http.Request, origin spec.ServerName, body []byte) (an
 	if len(body) == 0 {
 		return nil, mxerr.NotJSON("send_join needs the signed join event")
 	}
+	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+		return nil, err
+	}
 	if a.Joins == nil {
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
 	}
@@ -63,8 +74,38 @@ func (a *API) invite(r *http.Request, origin spec.ServerName, body []byte) (any,
 	if len(body) == 0 {
 		return nil, mxerr.NotJSON("invite needs a body")
 	}
+	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+		return nil, err
+	}
 	if a.Joins == nil {
 		return nil, mxerr.Forbidden("this server takes no invites")
 	}
 	return a.Joins.ReceiveInvite(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+}
+
+func (a *API) makeLeave(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
+	roomID, err1 := pathVar(r, "roomId")
+	userID, err2 := pathVar(r, "userId")
+	if err1 != nil || err2 != nil {
+		return nil, mxerr.InvalidParam("bad path")
+	}
+	if a.Joins == nil {
+		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+	}
+	return a.Joins.MakeLeave(r.Context(), origin, roomID, userID)
+}
+
+func (a *API) sendLeave(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
+	roomID, err1 := pathVar(r, "roomId")
+	eventID, err2 := pathVar(r, "eventId")
+	if err1 != nil || err2 != nil {
+		return nil, mxerr.InvalidParam("bad path")
+	}
+	if len(body) == 0 {
+		return nil, mxerr.NotJSON("send_leave needs the signed leave event")
+	}
+	if a.Joins == nil {
+		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+	}
+	return a.Joins.SendLeave(r.Context(), origin, roomID, eventID, json.RawMessage(body))
 }

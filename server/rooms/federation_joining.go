@@ -35,18 +35,42 @@ func joinServer(roomID string) (spec.ServerName, bool) {
 	return spec.ServerName(roomID[i+1:]), true
 }
 
-// joinRemote joins a local user to a room on another server: make_join,
-// sign the template, send_join, check the answered state and auth chain
-// (signatures, the join allowed by the state), and store the room with the
-// join as its first timeline event. The caller holds the room lock.
-func (s *Service) joinRemote(ctx context.Context, userID, roomID, reason string) error {
+// joinRemote joins a local user to a room on another server, trying in
+// order the servers via (the client's), the inviter's (for an invite over
+// federation) and the one in the room id (before v12), first success wins;
+// when all fail, the last error. The caller holds the room lock.
+func (s *Service) joinRemote(ctx context.Context, userID, roomID, reason string, via []string) error {
 	if s.fed == nil || s.fed.client == nil || s.fed.verifier == nil {
 		return mxerr.NotFound("room %s is not known to this server", roomID)
 	}
-	dest, ok := joinServer(roomID)
-	if !ok || dest == s.key.ServerName {
+	inviter := ""
+	if inv, err := s.outlierInvite(ctx, roomID, userID); err == nil {
+		inviter = serverOf(inv.Sender)
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	dests := s.remoteServers(via, inviter, roomID)
+	if len(dests) == 0 {
 		return mxerr.NotFound("room %s is not known to this server and names no server to join through", roomID)
 	}
+	var err error
+	for _, dest := range dests {
+		if err = s.joinThrough(ctx, dest, userID, roomID, reason); err == nil {
+			return nil
+		}
+		var mx *mxerr.Error
+		if errors.As(err, &mx) && mx.Code == "M_INCOMPATIBLE_ROOM_VERSION" {
+			return err
+		}
+	}
+	return err
+}
+
+// joinThrough joins through dest: make_join, sign the template,
+// send_join, check the answered state and auth chain (signatures, the join
+// allowed by the state), and store the room with the join as its first
+// timeline event.
+func (s *Service) joinThrough(ctx context.Context, dest spec.ServerName, userID, roomID, reason string) error {
 	log := s.log.WithField("room_id", roomID).WithField("via", dest)
 	mj, err := s.fed.client.MakeJoin(ctx, s.key.ServerName, dest, roomID, userID)
 	if err != nil {

@@ -31,6 +31,13 @@ func checkUserID(userID string) error {
 // Join joins userID to a room by id or by (local) alias and returns the
 // room id. Joining a room this node is not in needs federation.
 func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string) (string, error) {
+	return s.JoinVia(ctx, userID, roomIDOrAlias, reason, nil)
+}
+
+// JoinVia is Join where a room this node is not in is joined through the
+// servers via (the client's server_name/via), then the inviter's server
+// and the server in the room id, first success wins.
+func (s *Service) JoinVia(ctx context.Context, userID, roomIDOrAlias, reason string, via []string) (string, error) {
 	roomID := roomIDOrAlias
 	if len(roomIDOrAlias) > 0 && roomIDOrAlias[0] == '#' {
 		a, err := s.resolve(ctx, roomIDOrAlias)
@@ -47,7 +54,7 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 	if err != nil {
 		var mx *mxerr.Error
 		if errors.As(err, &mx) && mx.Code == "M_NOT_FOUND" {
-			if err := s.joinRemote(ctx, userID, roomID, reason); err != nil { // federation_joining.go
+			if err := s.joinRemote(ctx, userID, roomID, reason, via); err != nil { // federation_joining.go
 				return "", err
 			}
 			return roomID, nil
@@ -132,6 +139,11 @@ func (s *Service) Invite(ctx context.Context, sender, roomID, target, reason str
 func (s *Service) Leave(ctx context.Context, userID, roomID, reason string) error {
 	if err := checkRoomID(roomID); err != nil {
 		return err
+	}
+	if _, err := s.store.RoomVersion(ctx, roomID); errors.Is(err, storage.ErrNotFound) {
+		unlock := s.lock(roomID)
+		defer unlock()
+		return s.rejectRemoteInvite(ctx, userID, roomID, reason) // federation_leave.go
 	}
 	return s.changeMembership(ctx, userID, roomID, userID, spec.Leave, reason, func(d *draft, _ map[string]any) error {
 		switch d.members[userID] {
