@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/gorilla/mux"
 
@@ -50,6 +51,7 @@ func (a *API) keysUpload(r *http.Request, dev *accounts.Device) (any, error) {
 func (a *API) keysQuery(r *http.Request, dev *accounts.Device) (any, error) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
+		Timeout    int64               `json:"timeout"` // ms for remote servers
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		return nil, err
@@ -57,12 +59,13 @@ func (a *API) keysQuery(r *http.Request, dev *accounts.Device) (any, error) {
 	if req.DeviceKeys == nil {
 		return nil, mxerr.MissingParam("device_keys is required")
 	}
-	return a.Keys.Query(r.Context(), dev.UserID, req.DeviceKeys)
+	return a.Keys.QueryWithTimeout(r.Context(), dev.UserID, req.DeviceKeys, time.Duration(req.Timeout)*time.Millisecond)
 }
 
 func (a *API) keysClaim(r *http.Request, dev *accounts.Device) (any, error) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+		Timeout     int64                        `json:"timeout"` // ms for remote servers
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		return nil, err
@@ -70,7 +73,7 @@ func (a *API) keysClaim(r *http.Request, dev *accounts.Device) (any, error) {
 	if req.OneTimeKeys == nil {
 		return nil, mxerr.MissingParam("one_time_keys is required")
 	}
-	return a.Keys.Claim(r.Context(), req.OneTimeKeys)
+	return a.Keys.ClaimWithTimeout(r.Context(), req.OneTimeKeys, time.Duration(req.Timeout)*time.Millisecond)
 }
 
 func (a *API) keysChanges(r *http.Request, dev *accounts.Device) (any, error) {

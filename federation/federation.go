@@ -43,6 +43,8 @@ type API struct {
 	Joins RoomJoins
 	// ToDevice receives m.direct_to_device EDUs; nil drops them.
 	ToDevice ToDeviceReceiver
+	// Keys answers user/devices and user/keys/{query,claim}; nil: 404/403.
+	Keys KeysServer
 	// EDUs maps other EDU types to their receivers; other types are ignored.
 	EDUs map[string]EDUReceiver
 	// MaxBodyBytes bounds a request body (default 8 MiB).
@@ -67,6 +69,7 @@ func (a *API) Handler() http.Handler {
 	}).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v1/send/{txnId}", a.authed(a.send)).Methods(http.MethodPut)
 	a.registerRooms(r)
+	a.registerKeys(r)
 	r.HandleFunc("/_matrix/key/v2/query", a.notaryPost).Methods(http.MethodPost)
 	r.HandleFunc("/_matrix/key/v2/query/{serverName}", a.notaryGet).Methods(http.MethodGet)
 	return r

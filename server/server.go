@@ -72,7 +72,8 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		store.Close()
 		return nil, err
 	}
-	n.Keys = keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, notifier, log.WithField("component", "keys"))
+	n.Keys = keys.New(store.Keys(), keys.Config{ServerName: cfg.ServerName}, notifier, log.WithField("component", "keys"),
+		keys.WithFederation(federation.NewKeysClient(n.Federation.Client, key), n.Federation.Queue))
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
@@ -150,12 +151,15 @@ func (n *Node) Run(ctx context.Context) error {
 	// clients that went quiet holds no sockets (long-polls are not idle).
 	clientSrv := &http.Server{Handler: n.ClientHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, BaseContext: clientBase}
 	fedAPI := n.Federation.API(n.Key, Version, n.Store.Federation(), n.Log.WithField("component", "federation"))
-	fedAPI.ToDevice = federation.ToDeviceFunc(n.Keys.SendToDevice)
+	fedAPI.ToDevice, fedAPI.Keys = n.Keys, n.Keys // keys/federation*.go
 	fedAPI.Rooms = n.Rooms.Inbox()
 	fedAPI.Joins = n.Rooms.Inbox()
 	fedAPI.EDUs = map[string]federation.EDUReceiver{
 		"m.typing":  n.AccountData.TypingEDU(),
 		"m.receipt": n.AccountData.ReceiptEDU(),
+
+		"m.device_list_update": n.Keys.DeviceListEDU(),
+		"m.signing_key_update": n.Keys.DeviceListEDU(),
 	}
 	queueCtx, stopQueue := context.WithCancel(ctx)
 	defer func() { stopQueue(); n.Federation.Wait() }()

@@ -133,6 +133,13 @@ type KeyStore interface {
 	// membership of userID changed, by m.room.member events in
 	// (fromNID, toNID]: those still sharing a room are changed, the others left.
 	DeviceListChanges(ctx context.Context, userID string, fromPos, toPos, fromNID, toNID int64) (changed, left []string, err error)
+	// AddDeviceListChange adds a device-list change for userID: a remote
+	// user whose server told us that its devices or keys changed.
+	AddDeviceListChange(ctx context.Context, userID string) error
+	// DeviceListStreamIDs returns userID's latest device-list positions,
+	// newest first, at most limit (the stream_id and prev_id of the
+	// m.device_list_update EDUs we send).
+	DeviceListStreamIDs(ctx context.Context, userID string, limit int) ([]int64, error)
 	// RoomPeers returns the users joined to a room userID is joined to,
 	// userID included.
 	RoomPeers(ctx context.Context, userID string) ([]string, error)

@@ -176,6 +176,10 @@ func (s *Service) UploadSigningKeys(ctx context.Context, userID string, keys map
 		return err
 	}
 	s.wakeSharing(ctx, userID)
+	if stored["master"] != nil || stored["self_signing"] != nil {
+		// The user-signing key is private to its owner: not published.
+		s.publishSigningKeys(ctx, userID)
+	}
 	return nil
 }
 
@@ -302,10 +306,25 @@ func (s *Service) UploadSignatures(ctx context.Context, callerID string, body ma
 		return nil, err
 	}
 	woken := map[string]bool{}
+	published := map[string]bool{} // the caller's device IDs
+	crossPublished := false
 	for _, sg := range sigs {
 		if !woken[sg.TargetUserID] {
 			woken[sg.TargetUserID] = true
 			s.wakeSharing(ctx, sg.TargetUserID)
+		}
+		// Other servers learn of new signatures on the caller's own keys;
+		// signatures on others' keys are its user-signing key's, which
+		// stay private.
+		if sg.TargetUserID != callerID || published[sg.TargetKeyID] {
+			continue
+		}
+		published[sg.TargetKeyID] = true
+		if _, isDevice := devKeys[callerID][sg.TargetKeyID]; isDevice {
+			s.publishDevice(ctx, callerID, sg.TargetKeyID, false)
+		} else if !crossPublished {
+			crossPublished = true
+			s.publishSigningKeys(ctx, callerID)
 		}
 	}
 	return failures, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
@@ -164,6 +165,7 @@ func (s *Service) Upload(ctx context.Context, userID, deviceID string, req Uploa
 	}
 	if deviceKeys != nil {
 		s.wakeSharing(ctx, userID)
+		s.publishDevice(ctx, userID, deviceID, false)
 	}
 	return s.oneTimeKeyCounts(ctx, userID, deviceID)
 }
@@ -186,62 +188,74 @@ func (s *Service) localUser(userID string) bool {
 // Query returns the requested users' device keys (all devices when the list
 // is empty) and cross-signing keys, with the signatures others uploaded.
 // user_signing keys are only shown to their owner (spec: "POST /keys/query").
+// Remote users are asked of their servers (DefaultRemoteTimeout).
 func (s *Service) Query(ctx context.Context, callerID string, want map[string][]string) (*QueryResponse, error) {
-	resp := &QueryResponse{
+	return s.QueryWithTimeout(ctx, callerID, want, 0)
+}
+
+// QueryWithTimeout is Query with the request's timeout for remote servers
+// (0: DefaultRemoteTimeout). A server that fails or does not answer in
+// time is listed in failures; the other answers are merged.
+func (s *Service) QueryWithTimeout(ctx context.Context, callerID string, want map[string][]string, timeout time.Duration) (*QueryResponse, error) {
+	resp := newQueryResponse()
+	if len(want) > maxQueryUsers {
+		return nil, mxerr.InvalidParam("device_keys: at most %d users per query", maxQueryUsers)
+	}
+	var users []string
+	remote := map[string]map[string][]string{} // server → user → devices
+	for u := range want {
+		if s.localUser(u) {
+			users = append(users, u)
+			continue
+		}
+		if server := serverOf(u); server != "" {
+			if remote[server] == nil {
+				remote[server] = map[string][]string{}
+			}
+			remote[server][u] = want[u]
+		}
+	}
+	wait := s.queryRemote(ctx, remote, timeout, resp)
+	err := s.queryLocal(ctx, callerID, users, want, resp)
+	wait()
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func newQueryResponse() *QueryResponse {
+	return &QueryResponse{
 		DeviceKeys:      map[string]map[string]json.RawMessage{},
 		MasterKeys:      map[string]json.RawMessage{},
 		SelfSigningKeys: map[string]json.RawMessage{},
 		UserSigningKeys: map[string]json.RawMessage{},
 		Failures:        map[string]json.RawMessage{},
 	}
-	if len(want) > maxQueryUsers {
-		return nil, mxerr.InvalidParam("device_keys: at most %d users per query", maxQueryUsers)
-	}
-	var users []string
-	for u := range want {
-		if s.localUser(u) {
-			users = append(users, u)
-			continue
-		}
-		// Remote key queries need federation, which does not serve them yet.
-		if _, server, ok := strings.Cut(u, ":"); ok && server != "" {
-			resp.Failures[server] = json.RawMessage(`{"errcode":"M_UNAVAILABLE","error":"remote key queries are not supported yet"}`)
-		}
-	}
+}
+
+// queryLocal adds the local users' keys to resp (user_signing keys only
+// for callerID; "" for none).
+func (s *Service) queryLocal(ctx context.Context, callerID string, users []string, want map[string][]string, resp *QueryResponse) error {
 	sort.Strings(users)
 	if len(users) == 0 {
-		return resp, nil
+		return nil
 	}
 	devKeys, err := s.store.DeviceKeys(ctx, users)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	devices, err := s.store.LocalDevices(ctx, users)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cross, err := s.store.CrossSigningKeys(ctx, users)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	sigs, err := s.store.Signatures(ctx, users)
+	extra, err := s.signaturesOn(ctx, users)
 	if err != nil {
-		return nil, err
-	}
-	// target user → target key ID → signer → signer key → signature
-	extra := map[string]map[string]map[string]map[string]string{}
-	for _, sg := range sigs {
-		if extra[sg.TargetUserID] == nil {
-			extra[sg.TargetUserID] = map[string]map[string]map[string]string{}
-		}
-		byKey := extra[sg.TargetUserID]
-		if byKey[sg.TargetKeyID] == nil {
-			byKey[sg.TargetKeyID] = map[string]map[string]string{}
-		}
-		if byKey[sg.TargetKeyID][sg.SignerUserID] == nil {
-			byKey[sg.TargetKeyID][sg.SignerUserID] = map[string]string{}
-		}
-		byKey[sg.TargetKeyID][sg.SignerUserID][sg.SignerKeyID] = sg.Signature
+		return err
 	}
 	for _, u := range users {
 		out := map[string]json.RawMessage{}
@@ -274,7 +288,31 @@ func (s *Service) Query(ctx context.Context, callerID string, want map[string][]
 			}
 		}
 	}
-	return resp, nil
+	return nil
+}
+
+// signaturesOn returns the stored signatures on the users' keys:
+// target user → target key ID → signer → signer key → signature.
+func (s *Service) signaturesOn(ctx context.Context, users []string) (map[string]map[string]map[string]map[string]string, error) {
+	sigs, err := s.store.Signatures(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	extra := map[string]map[string]map[string]map[string]string{}
+	for _, sg := range sigs {
+		if extra[sg.TargetUserID] == nil {
+			extra[sg.TargetUserID] = map[string]map[string]map[string]string{}
+		}
+		byKey := extra[sg.TargetUserID]
+		if byKey[sg.TargetKeyID] == nil {
+			byKey[sg.TargetKeyID] = map[string]map[string]string{}
+		}
+		if byKey[sg.TargetKeyID][sg.SignerUserID] == nil {
+			byKey[sg.TargetKeyID][sg.SignerUserID] = map[string]string{}
+		}
+		byKey[sg.TargetKeyID][sg.SignerUserID][sg.SignerKeyID] = sg.Signature
+	}
+	return extra, nil
 }
 
 func withUnsigned(obj json.RawMessage, unsigned map[string]any) json.RawMessage {
@@ -302,46 +340,71 @@ type ClaimResponse struct {
 
 // Claim hands out one key per requested device: a one-time key, or the
 // fallback key once they ran out. Devices without keys are left out.
+// Remote users' keys are claimed from their servers (DefaultRemoteTimeout).
 func (s *Service) Claim(ctx context.Context, want map[string]map[string]string) (*ClaimResponse, error) {
+	return s.ClaimWithTimeout(ctx, want, 0)
+}
+
+// ClaimWithTimeout is Claim with the request's timeout for remote servers
+// (0: DefaultRemoteTimeout); a failing server is listed in failures.
+func (s *Service) ClaimWithTimeout(ctx context.Context, want map[string]map[string]string, timeout time.Duration) (*ClaimResponse, error) {
 	resp := &ClaimResponse{
 		OneTimeKeys: map[string]map[string]map[string]json.RawMessage{},
 		Failures:    map[string]json.RawMessage{},
 	}
 	var reqs []storage.ClaimRequest
+	remote := map[string]map[string]map[string]string{} // server → user → device → algorithm
 	users := make([]string, 0, len(want))
 	for u := range want {
 		users = append(users, u)
 	}
 	sort.Strings(users)
+	total := 0
 	for _, u := range users {
-		if !s.localUser(u) {
-			if _, server, ok := strings.Cut(u, ":"); ok && server != "" {
-				resp.Failures[server] = json.RawMessage(`{"errcode":"M_UNAVAILABLE","error":"remote key claims are not supported yet"}`)
-			}
-			continue
-		}
 		devs := make([]string, 0, len(want[u]))
 		for d := range want[u] {
 			devs = append(devs, d)
 		}
 		sort.Strings(devs)
 		for _, d := range devs {
-			alg := want[u][d]
-			if alg == "" {
+			if want[u][d] == "" {
 				return nil, mxerr.InvalidParam("one_time_keys: %s %s: empty algorithm", u, d)
 			}
-			reqs = append(reqs, storage.ClaimRequest{UserID: u, DeviceID: d, Algorithm: alg})
+		}
+		total += len(devs)
+		if !s.localUser(u) {
+			if server := serverOf(u); server != "" {
+				if remote[server] == nil {
+					remote[server] = map[string]map[string]string{}
+				}
+				remote[server][u] = want[u]
+			}
+			continue
+		}
+		for _, d := range devs {
+			reqs = append(reqs, storage.ClaimRequest{UserID: u, DeviceID: d, Algorithm: want[u][d]})
 		}
 	}
-	if len(reqs) > maxClaimsPerCall {
+	if total > maxClaimsPerCall {
 		return nil, mxerr.InvalidParam("one_time_keys: at most %d devices per claim", maxClaimsPerCall)
 	}
+	wait := s.claimRemote(ctx, remote, timeout, resp)
+	err := s.claimLocal(ctx, reqs, resp)
+	wait()
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// claimLocal claims the local keys of reqs into resp.
+func (s *Service) claimLocal(ctx context.Context, reqs []storage.ClaimRequest, resp *ClaimResponse) error {
 	if len(reqs) == 0 {
-		return resp, nil
+		return nil
 	}
 	claimed, err := s.store.ClaimKeys(ctx, reqs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, k := range claimed {
 		if resp.OneTimeKeys[k.UserID] == nil {
@@ -349,7 +412,7 @@ func (s *Service) Claim(ctx context.Context, want map[string]map[string]string) 
 		}
 		resp.OneTimeKeys[k.UserID][k.DeviceID] = map[string]json.RawMessage{k.Algorithm + ":" + k.KeyID: k.JSON}
 	}
-	return resp, nil
+	return nil
 }
 
 // Changes lists the users whose keys changed, and those who left every

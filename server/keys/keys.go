@@ -39,14 +39,20 @@ type Service struct {
 	cfg   Config
 	waker Waker
 	log   logrus.FieldLogger
+	// fed, when set (WithFederation), reaches other servers.
+	fed *keysFed
 }
 
 // New builds the keys service.
-func New(store storage.KeyStore, cfg Config, waker Waker, log logrus.FieldLogger) *Service {
+func New(store storage.KeyStore, cfg Config, waker Waker, log logrus.FieldLogger, opts ...Option) *Service {
 	if cfg.MaxQueuedToDevice <= 0 {
 		cfg.MaxQueuedToDevice = DefaultMaxQueuedToDevice
 	}
-	return &Service{store: store, cfg: cfg, waker: waker, log: log}
+	s := &Service{store: store, cfg: cfg, waker: waker, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 func (s *Service) wake(userIDs ...string) {
@@ -128,12 +134,14 @@ func (s *Service) KeyCounts(ctx context.Context, userID, deviceID string) (map[s
 
 // DeviceRemoved forgets a device that is gone (one device per account: a
 // new login replaces it): its keys and queued messages are deleted, and
-// everyone sharing a room with the user sees a device-list change.
+// everyone sharing a room with the user sees a device-list change (other
+// servers through an m.device_list_update).
 func (s *Service) DeviceRemoved(ctx context.Context, userID, deviceID string) error {
 	if err := s.store.DeleteDevice(ctx, userID, deviceID); err != nil {
 		return err
 	}
 	s.wakeSharing(ctx, userID)
+	s.publishDevice(ctx, userID, deviceID, true)
 	return nil
 }
 

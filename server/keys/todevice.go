@@ -19,10 +19,18 @@ const toDeviceTxnLifetime = 24 * time.Hour
 // SendToDevice queues a message for each addressed device
 // (PUT /sendToDevice/{eventType}/{txnId}); device "*" means every device of
 // the user. The txn id makes it idempotent per sending device. Unknown
-// local users and devices are skipped; remote users too, until federation
-// carries to-device EDUs. If a target device's queue is full, nothing is
-// queued: 429 M_LIMIT_EXCEEDED (see DefaultMaxQueuedToDevice).
+// local users and devices are skipped; messages for remote users are queued
+// as m.direct_to_device EDUs for their servers (sendRemoteToDevice). If a
+// target device's queue is full, nothing is queued locally: 429
+// M_LIMIT_EXCEEDED (see DefaultMaxQueuedToDevice).
 func (s *Service) SendToDevice(ctx context.Context, senderUserID, senderDeviceID, eventType, txnID string, messages map[string]map[string]json.RawMessage) error {
+	return s.sendToDevice(ctx, senderUserID, senderDeviceID, eventType, txnID, messages, true)
+}
+
+// sendToDevice queues messages for local devices and, when toRemote, for
+// remote users' servers; otherwise remote users are skipped (an inbound
+// EDU is never relayed).
+func (s *Service) sendToDevice(ctx context.Context, senderUserID, senderDeviceID, eventType, txnID string, messages map[string]map[string]json.RawMessage, toRemote bool) error {
 	if eventType == "" {
 		return mxerr.InvalidParam("eventType must not be empty")
 	}
@@ -42,6 +50,14 @@ func (s *Service) SendToDevice(ctx context.Context, senderUserID, senderDeviceID
 	}
 	if total > maxToDeviceTarget {
 		return mxerr.InvalidParam("messages: at most %d devices per request", maxToDeviceTarget)
+	}
+	if toRemote {
+		// Queued before the txn id is recorded: a client retrying after a
+		// failure below queues them again, with the same message_id, which
+		// the receiving server deduplicates.
+		if err := s.sendRemoteToDevice(ctx, senderUserID, senderDeviceID, eventType, txnID, messages); err != nil {
+			return err
+		}
 	}
 	sort.Strings(local)
 	devices, err := s.store.LocalDevices(ctx, local)
