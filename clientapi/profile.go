@@ -35,7 +35,7 @@ func (a *API) getProfile(r *http.Request, _ *accounts.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	fields, err := a.Accounts.ProfileFields(r.Context(), userID)
+	fields, err := a.Accounts.UserProfile(r.Context(), userID)
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +47,7 @@ func (a *API) getProfileField(r *http.Request, _ *accounts.Device) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	v, err := a.Accounts.ProfileField(r.Context(), userID, key)
+	v, err := a.Accounts.UserProfileField(r.Context(), userID, key)
 	if err != nil {
 		return nil, err
 	}

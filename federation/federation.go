@@ -47,6 +47,12 @@ type API struct {
 	Keys KeysServer
 	// EDUs maps other EDU types to their receivers; other types are ignored.
 	EDUs map[string]EDUReceiver
+	// Directory answers /query/directory; nil: every alias is unknown.
+	Directory Directory
+	// Profiles answers /query/profile; nil: every user is unknown.
+	Profiles Profiles
+	// ACL applies rooms' m.room.server_acl; nil allows every server.
+	ACL ServerACL
 	// MaxBodyBytes bounds a request body (default 8 MiB).
 	MaxBodyBytes int64
 
@@ -69,7 +75,10 @@ func (a *API) Handler() http.Handler {
 	}).Methods(http.MethodGet)
 	r.Handle("/_matrix/federation/v1/send/{txnId}", a.authed(a.send)).Methods(http.MethodPut)
 	a.registerRooms(r)
+	a.registerHistory(r) // read.go
 	a.registerKeys(r)
+	r.Handle("/_matrix/federation/v1/query/directory", a.authed(a.queryDirectory)).Methods(http.MethodGet) // query.go
+	r.Handle("/_matrix/federation/v1/query/profile", a.authed(a.queryProfile)).Methods(http.MethodGet)
 	r.HandleFunc("/_matrix/key/v2/query", a.notaryPost).Methods(http.MethodPost)
 	r.HandleFunc("/_matrix/key/v2/query/{serverName}", a.notaryGet).Methods(http.MethodGet)
 	return r

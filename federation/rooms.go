@@ -89,6 +89,9 @@ func (a *API) makeLeave(r *http.Request, origin spec.ServerName, _ []byte) (any,
 	if err1 != nil || err2 != nil {
 		return nil, mxerr.InvalidParam("bad path")
 	}
+	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+		return nil, err
+	}
 	if a.Joins == nil {
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
 	}
@@ -103,6 +106,9 @@ func (a *API) sendLeave(r *http.Request, origin spec.ServerName, body []byte) (a
 	}
 	if len(body) == 0 {
 		return nil, mxerr.NotJSON("send_leave needs the signed leave event")
+	}
+	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+		return nil, err
 	}
 	if a.Joins == nil {
 		return nil, mxerr.NotFound("room %s is not known to this server", roomID)

@@ -228,6 +228,9 @@ func (a *API) receivePDU(ctx context.Context, origin spec.ServerName, pdu json.R
 	if err != nil {
 		return eventIDGuess(pdu, head.EventID), err
 	}
+	if err := a.checkACL(ctx, origin, head.RoomID); err != nil { // acl.go
+		return ev.EventID(), aclPDUError(err, origin)
+	}
 	return ev.EventID(), a.Rooms.ReceivePDU(ctx, origin, version, pdu)
 }
 
@@ -262,6 +265,9 @@ func (a *API) receiveEDU(ctx context.Context, origin spec.ServerName, raw json.R
 		rcv = toDeviceEDU{a.ToDevice}
 	}
 	if rcv == nil {
+		return
+	}
+	if e.Content = a.aclFilterEDU(ctx, origin, e.Type, e.Content); e.Content == nil { // acl.go
 		return
 	}
 	if err := rcv.ReceiveEDU(ctx, origin, e.Content); err != nil {

@@ -77,7 +77,8 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
-	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms(func() *rooms.Service { return n.Rooms })))
+	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms(func() *rooms.Service { return n.Rooms })),
+		accounts.WithRemoteProfiles(&federation.ProfileQuerier{Client: n.Federation.Client, Key: key}))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
 	n.Rooms = rooms.New(store.Rooms(), key, notifier, n.Accounts, log.WithField("component", "rooms"), rooms.WithLeaveObserver(n.AccountData),
 		rooms.WithFederation(n.Federation.Queue, n.Federation.KeyRing, n.Federation.Client))
@@ -154,6 +155,7 @@ func (n *Node) Run(ctx context.Context) error {
 	fedAPI.ToDevice, fedAPI.Keys = n.Keys, n.Keys // keys/federation*.go
 	fedAPI.Rooms = n.Rooms.Inbox()
 	fedAPI.Joins = n.Rooms.Inbox()
+	fedAPI.Directory, fedAPI.Profiles, fedAPI.ACL = n.Rooms, n.Accounts, n.Rooms // query.go, acl.go
 	fedAPI.EDUs = map[string]federation.EDUReceiver{
 		"m.typing":  n.AccountData.TypingEDU(),
 		"m.receipt": n.AccountData.ReceiptEDU(),

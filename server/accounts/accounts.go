@@ -58,7 +58,8 @@ type Service struct {
 	cfg      Config
 	log      logrus.FieldLogger
 	observer DeviceObserver
-	rooms    Rooms // WithRooms (hooks.go)
+	rooms    Rooms          // WithRooms (hooks.go)
+	remote   RemoteProfiles // WithRemoteProfiles (remote_profile.go)
 	now      func() time.Time
 
 	dummyOnce sync.Once

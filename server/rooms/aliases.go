@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/trustcase/node/server/mxerr"
@@ -35,10 +36,15 @@ func (s *Service) checkAlias(alias string) error {
 	return nil
 }
 
-// resolve returns the room of a local alias (404 M_NOT_FOUND if unknown).
+// resolve returns the room of an alias (404 M_NOT_FOUND if unknown); an
+// alias of another server is asked of that server.
 func (s *Service) resolve(ctx context.Context, alias string) (string, error) {
 	if err := s.checkAlias(alias); err != nil {
 		return "", err
+	}
+	if !s.isLocalAlias(alias) {
+		roomID, _, err := s.resolveRemote(ctx, alias) // alias_remote.go
+		return roomID, err
 	}
 	a, err := s.store.Alias(ctx, alias)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -48,13 +54,54 @@ func (s *Service) resolve(ctx context.Context, alias string) (string, error) {
 }
 
 // ResolveAlias returns the room an alias points to and the servers that
-// can join it (this one).
+// can join it: from the store for our aliases, from the alias's server
+// (federation query) for others.
 func (s *Service) ResolveAlias(ctx context.Context, alias string) (roomID string, servers []string, err error) {
+	if err := s.checkAlias(alias); err != nil {
+		return "", nil, err
+	}
+	if !s.isLocalAlias(alias) {
+		return s.resolveRemote(ctx, alias) // alias_remote.go
+	}
+	return s.ResolveLocalAlias(ctx, alias)
+}
+
+// ResolveLocalAlias answers for an alias of this server only (the
+// federation directory query): the room and the servers with joined
+// members, this one first. Other servers' aliases are 404 M_NOT_FOUND.
+func (s *Service) ResolveLocalAlias(ctx context.Context, alias string) (roomID string, servers []string, err error) {
+	if err := s.checkAlias(alias); err != nil {
+		return "", nil, err
+	}
+	if !s.isLocalAlias(alias) {
+		return "", nil, mxerr.NotFound("room alias %s is not on this server", alias)
+	}
 	roomID, err = s.resolve(ctx, alias)
 	if err != nil {
 		return "", nil, err
 	}
-	return roomID, []string{string(s.key.ServerName)}, nil
+	own := string(s.key.ServerName)
+	servers = []string{own}
+	joined, err := s.store.JoinedMembers(ctx, roomID)
+	if err != nil {
+		return "", nil, err
+	}
+	seen := map[string]bool{own: true}
+	var others []string
+	for _, u := range joined {
+		if srv := serverOf(u); srv != "" && !seen[srv] {
+			seen[srv] = true
+			others = append(others, srv)
+		}
+	}
+	sort.Strings(others)
+	return roomID, append(servers, others...), nil
+}
+
+// isLocalAlias tells whether a (checked) alias names this server.
+func (s *Service) isLocalAlias(alias string) bool {
+	_, server, _ := strings.Cut(alias[1:], ":")
+	return server == string(s.key.ServerName)
 }
 
 // CreateAlias points a new local alias at a room the user is joined to.
@@ -310,4 +357,45 @@ func (s *Service) PublicRooms(ctx context.Context) ([]PublicRoom, error) {
 		out = append(out, pr)
 	}
 	return out, nil
+}
+
+// aliasClient is the part of the federation client that asks another
+// server for its aliases (*federation.Client has it through GMSL).
+type aliasClient interface {
+	LookupRoomAlias(ctx context.Context, origin, s spec.ServerName, roomAlias string) (fclient.RespDirectory, error)
+}
+
+// resolveRemote asks the alias's server for the room and the servers to
+// join it through (spec: server-server API, "Querying for information").
+// The alias's server comes first in the list when the answer omits it.
+func (s *Service) resolveRemote(ctx context.Context, alias string) (string, []string, error) {
+	_, server, _ := strings.Cut(alias[1:], ":")
+	var client aliasClient
+	if s.fed != nil {
+		client, _ = s.fed.client.(aliasClient)
+	}
+	if client == nil {
+		return "", nil, mxerr.NotFound("room alias %s is on another server and this server does not federate", alias)
+	}
+	dest := spec.ServerName(server)
+	res, err := client.LookupRoomAlias(ctx, s.key.ServerName, dest, alias)
+	if err != nil {
+		s.log.WithField("server", server).WithError(err).Info("remote alias lookup failed")
+		return "", nil, remoteErr(dest, "the alias query", err)
+	}
+	if checkRoomID(res.RoomID) != nil {
+		return "", nil, mxerr.New(http.StatusBadGateway, "M_UNKNOWN", "%s answered the alias query with an invalid room id", server)
+	}
+	servers := make([]string, 0, len(res.Servers)+1)
+	seen := map[string]bool{}
+	for _, srv := range res.Servers {
+		if _, _, ok := spec.ParseAndValidateServerName(srv); ok && !seen[string(srv)] {
+			seen[string(srv)] = true
+			servers = append(servers, string(srv))
+		}
+	}
+	if !seen[server] {
+		servers = append([]string{server}, servers...)
+	}
+	return res.RoomID, servers, nil
 }

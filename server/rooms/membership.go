@@ -40,11 +40,11 @@ func (s *Service) Join(ctx context.Context, userID, roomIDOrAlias, reason string
 func (s *Service) JoinVia(ctx context.Context, userID, roomIDOrAlias, reason string, via []string) (string, error) {
 	roomID := roomIDOrAlias
 	if len(roomIDOrAlias) > 0 && roomIDOrAlias[0] == '#' {
-		a, err := s.resolve(ctx, roomIDOrAlias)
+		a, servers, err := s.ResolveAlias(ctx, roomIDOrAlias) // aliases.go: a remote alias asks its server
 		if err != nil {
 			return "", err
 		}
-		roomID = a
+		roomID, via = a, append(append([]string(nil), via...), servers...)
 	} else if err := checkRoomID(roomID); err != nil {
 		return "", mxerr.InvalidParam("%q is neither a room id nor a room alias", roomIDOrAlias)
 	}
