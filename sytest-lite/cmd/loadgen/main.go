@@ -22,7 +22,7 @@ import (
 func main() {
 	var (
 		hs        = flag.String("hs", "http://127.0.0.1:8008", "homeserver base URL")
-		scenario  = flag.String("scenario", "all", "burst, fanout, initialsync or all")
+		scenario  = flag.String("scenario", "all", "burst, fanout, initialsync, catchup or all (catchup only with -hs2)")
 		users     = flag.Int("users", 100, "burst: senders")
 		rooms     = flag.Int("rooms", 10, "burst: rooms")
 		duration  = flag.Duration("duration", 10*time.Second, "burst: how long to send")
@@ -35,7 +35,17 @@ func main() {
 		jsonOut   = flag.String("json", "", "also write the results as JSON to this file")
 		pid       = flag.Int("pid", 0, "footprint: the local node's PID (RSS idle and peak; node CPU per message)")
 		dbPath    = flag.String("db", "", "footprint: the local node's database directory (SQLite), for bytes per event")
+		cu        catchupConfig
 	)
+	flag.StringVar(&cu.base2, "hs2", "", "catchup: org-b's homeserver base URL (the receiving side; -hs is org-a)")
+	flag.IntVar(&cu.events, "events", 10000, "catchup: events sent per phase")
+	flag.IntVar(&cu.users, "cu-users", 4, "catchup: sending users on org-a")
+	flag.IntVar(&cu.senders, "cu-senders", 16, "catchup: concurrent sends")
+	flag.StringVar(&cu.downCmd, "down-cmd", "", "catchup: shell command that stops org-b (enables the down phase)")
+	flag.StringVar(&cu.upCmd, "up-cmd", "", "catchup: shell command that starts org-b again (may leave it running in the background)")
+	flag.IntVar(&cu.pid2, "pid2", 0, "catchup: org-b's PID (its CPU and peak RSS)")
+	flag.StringVar(&cu.pid2File, "pid2-file", "", "catchup: file holding org-b's PID, read again after -up-cmd")
+	flag.DurationVar(&cu.timeout, "cu-timeout", 5*time.Minute, "catchup: longest wait for org-b to see a phase's events")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -78,6 +88,20 @@ func main() {
 	run("burst", func() (result, error) { return e.burst(ctx, *users, *rooms, *duration) })
 	run("fanout", func() (result, error) { return e.fanout(ctx, *listeners, *messages, *gap) })
 	run("initialsync", func() (result, error) { return e.initialSync(ctx, *isRooms, *isEvents, *isRuns) })
+	if *scenario == "catchup" || (*scenario == "all" && cu.base2 != "") {
+		cu.base2 = strings.TrimRight(cu.base2, "/")
+		if cu.pid2 == 0 && cu.pid2File != "" {
+			cu.pid2, _ = readPIDFile(cu.pid2File)
+		}
+		rs, err := e.catchup(ctx, cu)
+		results = append(results, rs...)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "catchup: %v\n", err)
+			if len(rs) == 0 {
+				os.Exit(1)
+			}
+		}
+	}
 	if sampler != nil || *dbPath != "" {
 		fp := result{Scenario: "footprint", Params: map[string]any{"pid": *pid, "db": *dbPath}, Figures: map[string]float64{}}
 		if sampler != nil {
