@@ -87,7 +87,8 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		Dir:        filepath.Join(cfg.DataDir, "media"),
 		MaxBytes:   cfg.Media.MaxUploadBytes,
 	}, log.WithField("component", "media"))
-	n.Sync = sync.New(store.Sync(), notifier, n.AccountData, n.Keys, log.WithField("component", "sync"))
+	n.Sync = sync.New(store.Sync(), notifier, n.AccountData, n.Keys, log.WithField("component", "sync"),
+		sync.WithBackfill(n.Rooms)) // /messages backfills rooms joined late
 	return n, nil
 }
 

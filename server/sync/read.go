@@ -156,10 +156,13 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 	}
 	q := storage.EventQuery{Limit: limit + 1, Backward: req.Backward, Filter: f.storeFilter()}
 	if req.Backward {
-		if from <= 0 || (to >= 0 && to >= from) {
+		if req.To != "" && to >= from {
 			return resp, nil
 		}
-		q.UpTo, q.After = min(from, a.readUpTo), max(to, 0)
+		q.UpTo, q.After = min(from, a.readUpTo), historyStart // backfilled history is below 0
+		if req.To != "" {
+			q.After = to
+		}
 	} else {
 		q.After, q.UpTo = from, a.readUpTo
 		if to >= 0 {
@@ -173,6 +176,9 @@ func (s *Service) Messages(ctx context.Context, v Viewer, req MessagesRequest) (
 		return resp, nil
 	}
 	evs, err := s.store.RoomEvents(ctx, req.RoomID, q)
+	if err == nil && req.Backward && req.To == "" {
+		evs, err = s.backfilled(ctx, req.RoomID, v.UserID, a, q, evs, limit) // backfill.go
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -22,18 +22,23 @@ type Service struct {
 	accountData AccountData
 	e2ee        E2EE
 	log         logrus.FieldLogger
+	backfill    Backfiller // WithBackfill (backfill.go)
 }
 
 // New builds the sync service around its notifier. accountData and e2ee may
 // be nil: their sections are then present and empty.
-func New(store storage.SyncStore, notifier *Notifier, accountData AccountData, e2ee E2EE, log logrus.FieldLogger) *Service {
+func New(store storage.SyncStore, notifier *Notifier, accountData AccountData, e2ee E2EE, log logrus.FieldLogger, opts ...Option) *Service {
 	if accountData == nil {
 		log.Warn("sync: no account-data service: account data, receipts and typing stay empty")
 	}
 	if e2ee == nil {
 		log.Warn("sync: no E2EE service: to-device messages, device lists and key counts stay empty")
 	}
-	return &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log}
+	s := &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 const (

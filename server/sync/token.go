@@ -64,6 +64,9 @@ func parsePageToken(param, s string) (int64, error) {
 		if n, err := parsePos(rest); err == nil {
 			return n, nil
 		}
+		if n, err := parsePos(strings.TrimPrefix(rest, "-")); err == nil && rest != "" && rest[0] == '-' {
+			return -n, nil // in backfilled history
+		}
 	}
 	if tok, err := ParseToken(s); err == nil {
 		return tok.Timeline, nil

@@ -31,7 +31,11 @@ func TestPageToken(t *testing.T) {
 	if n, err := parsePageToken("from", "s8_1_2_3_4"); err != nil || n != 8 {
 		t.Fatalf("a sync token pages from its timeline position: %d, %v", n, err)
 	}
-	for _, bad := range []string{"x", "t", "t-1", "tz"} {
+	// Backfilled history sits at negative positions (storage.RoomHistoryStore).
+	if n, err := parsePageToken("from", pageToken(-7)); err != nil || n != -7 {
+		t.Fatalf("t-7 = %d, %v", n, err)
+	}
+	for _, bad := range []string{"x", "t", "t-", "t--1", "t-+1", "tz"} {
 		if _, err := parsePageToken("from", bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
