@@ -3,7 +3,6 @@ package sytest
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -27,39 +26,11 @@ type fedPair struct {
 	a, b *Node
 }
 
-// startFederatingNodes starts two nodes, then gives each a certificate of a
-// fresh test CA, the CA as federation.ca_file and the other as a static
-// peer, and restarts them. (Harness proposal: a WithFederation(ca, peers)
-// option would do this before the first start.)
+// startFederatingNodes starts two nodes that federate (see startFederation).
 func startFederatingNodes(t *testing.T, b Backend) fedPair {
 	t.Helper()
-	ca := fedtest.NewCA(t)
-	a, bn := StartNode(t, b), StartNode(t, b)
-	a.Stop(t)
-	bn.Stop(t)
-	for _, n := range []*Node{a, bn} {
-		other := bn
-		if n == bn {
-			other = a
-		}
-		data := filepath.Join(n.Dir, "data")
-		ca.Issue(t, n.ServerName, filepath.Join(data, "tls.crt"), filepath.Join(data, "tls.key"))
-		cfg, err := os.ReadFile(n.ConfigPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		extra := fmt.Sprintf("federation:\n  ca_file: %s\n  peers:\n    %s: %s\n", ca.CertFile, other.ServerName, other.FedAddr)
-		patched := strings.Replace(string(cfg), "federation:\n", extra, 1)
-		if patched == string(cfg) {
-			t.Fatal("the node config has no federation block to extend")
-		}
-		if err := os.WriteFile(n.ConfigPath, []byte(patched), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a.Start(t)
-	bn.Start(t)
-	return fedPair{ca: ca, a: a, b: bn}
+	f := startFederation(t, b, "", "")
+	return fedPair{ca: f.ca, a: f.nodes[0], b: f.nodes[1]}
 }
 
 // signingKey is the node's federation signing key, read from its data dir,
