@@ -28,6 +28,8 @@ type extras struct {
 	toDevice  []json.RawMessage
 	changed   []string
 	tdFromArg int64
+	tdCalls   int // ToDeviceSince calls
+	builds    int // KeyCounts calls: one per build
 }
 
 func (e *extras) AccountDataPosition(context.Context) (int64, error) {
@@ -63,6 +65,7 @@ func (e *extras) ToDeviceSince(_ context.Context, _, _ string, from, to int64, l
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.tdFromArg = from
+	e.tdCalls++
 	var out []json.RawMessage
 	for i, m := range e.toDevice {
 		if pos := int64(i + 1); pos > from && pos <= to && len(out) < limit {
@@ -80,6 +83,9 @@ func (e *extras) DeviceListChanges(_ context.Context, _ string, from, to int64) 
 	return e.changed, nil, nil
 }
 func (e *extras) KeyCounts(context.Context, string, string) (map[string]int, []string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.builds++
 	return map[string]int{"signed_curve25519": 7}, []string{"signed_curve25519"}, nil
 }
 
@@ -233,6 +239,92 @@ func TestSyncLongPoll(t *testing.T) {
 			if v, ok := m[k]; !ok || string(v) == "null" {
 				t.Errorf("%s missing or null in %s", k, raw)
 			}
+		}
+	})
+	t.Run("a long-poll from the current position waits for a wake before building, and ends at its timeout", func(t *testing.T) {
+		e := &extras{}
+		svc, n := newTestService(t, e)
+		first, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Nothing new: the long-poll ends at its timeout (once, not
+		// waiting again) and still carries the key counts.
+		e.mu.Lock()
+		e.builds = 0
+		e.mu.Unlock()
+		resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch, Timeout: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.NextBatch != first.NextBatch || resp.OTKCounts["signed_curve25519"] != 7 {
+			t.Fatalf("timed-out long-poll: next_batch %s (want %s), counts %v", resp.NextBatch, first.NextBatch, resp.OTKCounts)
+		}
+		e.mu.Lock()
+		builds := e.builds
+		e.builds = 0
+		e.mu.Unlock()
+		if builds != 1 {
+			t.Fatalf("a timed-out long-poll built %d responses, want 1 (at the timeout)", builds)
+		}
+
+		done := make(chan *Response, 1)
+		go func() {
+			resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch, Timeout: time.Minute})
+			if err != nil {
+				t.Error(err)
+			}
+			done <- resp
+		}()
+		for n.listeners() == 0 { // the long-poll is waiting
+			time.Sleep(time.Millisecond)
+		}
+		e.mu.Lock()
+		e.adPos = 3
+		e.global = []json.RawMessage{json.RawMessage(`{"type":"m.direct","content":{}}`)}
+		e.mu.Unlock()
+		n.Wake("@a:x")
+		select {
+		case resp = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the wake did not end the long-poll")
+		}
+		if len(resp.AccountData.Events) != 1 {
+			t.Fatalf("account data after the wake: %s", resp.AccountData.Events)
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.builds != 1 {
+			t.Fatalf("a long-poll woken once built %d responses, want 1", e.builds)
+		}
+	})
+
+	t.Run("an unmoved to-device stream is read once per acknowledged position", func(t *testing.T) {
+		e := &extras{tdPos: 1, toDevice: []json.RawMessage{json.RawMessage(`{"type":"m.test","content":{}}`)}}
+		svc, n := newTestService(t, e)
+		first, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D"})
+		if err != nil || len(first.ToDevice.Events) != 1 {
+			t.Fatalf("initial sync: %v, to_device %s", err, first.ToDevice.Events)
+		}
+		// The next syncs acknowledge position 1: the first deletes, the
+		// others have nothing to ask for until the stream moves.
+		for i := 0; i < 3; i++ {
+			resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch})
+			if err != nil || len(resp.ToDevice.Events) != 0 {
+				t.Fatalf("sync %d: %v, to_device %s", i, err, resp.ToDevice.Events)
+			}
+		}
+		e.mu.Lock()
+		if e.tdCalls != 2 || e.tdFromArg != 1 {
+			t.Fatalf("ToDeviceSince called %d times (last from %d), want 2 (the initial sync, then the acknowledgement of 1)", e.tdCalls, e.tdFromArg)
+		}
+		e.tdPos = 2
+		e.toDevice = append(e.toDevice, json.RawMessage(`{"type":"m.test2","content":{}}`))
+		e.mu.Unlock()
+		n.Wake("@a:x")
+		resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch})
+		if err != nil || len(resp.ToDevice.Events) != 1 {
+			t.Fatalf("after the stream moved: %v, to_device %s", err, resp.ToDevice.Events)
 		}
 	})
 }

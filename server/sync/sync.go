@@ -7,6 +7,7 @@ package sync
 import (
 	"context"
 	"encoding/json"
+	stdsync "sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -23,7 +24,30 @@ type Service struct {
 	e2ee        E2EE
 	log         logrus.FieldLogger
 	backfill    Backfiller // WithBackfill (backfill.go)
+
+	// pos is the last stream positions read, valid while no Wake has
+	// happened since (see positions).
+	posMu stdsync.Mutex
+	pos   cachedPositions
+	// tdAcked is, per user and device, the to-device position last passed
+	// as from to ToDeviceSince (everything at or below it is deleted):
+	// while the stream has not moved past it, there is nothing to read or
+	// delete for that device.
+	tdMu    stdsync.Mutex
+	tdAcked map[[2]string]int64
 }
+
+type cachedPositions struct {
+	ok  bool
+	gen uint64 // notifier generation read before the positions
+	at  time.Time
+	tok Token
+}
+
+// positionsTTL bounds how long positions stay in memory without a Wake:
+// a write that wakes no one (another process on the same database, such as
+// trustcase admin) is seen within it.
+const positionsTTL = time.Second
 
 // New builds the sync service around its notifier. accountData and e2ee may
 // be nil: their sections are then present and empty.
@@ -34,7 +58,8 @@ func New(store storage.SyncStore, notifier *Notifier, accountData AccountData, e
 	if e2ee == nil {
 		log.Warn("sync: no E2EE service: to-device messages, device lists and key counts stay empty")
 	}
-	s := &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log}
+	s := &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log,
+		tdAcked: map[[2]string]int64{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -167,10 +192,35 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	timeout := min(max(req.Timeout, 0), MaxTimeout)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	waitFirst := req.Since != "" && !req.FullState && timeout > 0
 	for {
 		// The channel is taken before the read: a wake that lands after the
 		// read closes it, so it is never lost.
 		woken, release := s.notifier.Listen(req.UserID)
+		if waitFirst {
+			// A long-poll from the current position has nothing to build
+			// until something commits: wait for the wake first (a fan-out
+			// would otherwise build every listener's empty answer twice).
+			waitFirst = false
+			to, err := s.positions(ctx, &since)
+			if err != nil {
+				release()
+				return nil, err
+			}
+			if to == since {
+				select {
+				case <-woken:
+					release()
+					continue
+				case <-deadline.C:
+					release()
+					return s.finalBuild(ctx, req, since, filter)
+				case <-ctx.Done():
+					release()
+					return s.finalBuild(ctx, req, since, filter)
+				}
+			}
+		}
 		resp, empty, err := s.build(ctx, req, since, filter)
 		if err != nil || !empty || req.Since == "" || req.FullState {
 			release()
@@ -192,8 +242,58 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	}
 }
 
-// positions reads the current end of every stream.
-func (s *Service) positions(ctx context.Context) (Token, error) {
+// finalBuild answers a long-poll that ended (timeout, or the client went
+// away) before anything was built. An empty answer still carries the key
+// counts, which clients read as absent otherwise; the build gets a few
+// seconds of its own when the request's context has ended.
+func (s *Service) finalBuild(ctx context.Context, req Request, since Token, f *Filter) (*Response, error) {
+	if ctx.Err() != nil {
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		ctx = c
+	}
+	resp, _, err := s.build(ctx, req, since, f)
+	return resp, err
+}
+
+// positions returns the current end of every stream. They are read from
+// the database only when a Wake has happened since the last read (every
+// commit that moves a stream is followed by one), the last read is older
+// than positionsTTL, or since (when given) is ahead of them; the caller
+// must have taken its Listen channel before calling, so a commit whose
+// Wake comes after this returns still wakes it.
+func (s *Service) positions(ctx context.Context, since *Token) (Token, error) {
+	gen := s.notifier.generation()
+	s.posMu.Lock()
+	c := s.pos
+	s.posMu.Unlock()
+	if c.ok && c.gen == gen && time.Since(c.at) < positionsTTL && (since == nil || since.notAfter(c.tok)) {
+		return c.tok, nil
+	}
+	at := time.Now()
+	t, err := s.readPositions(ctx)
+	if err != nil {
+		return t, err
+	}
+	s.posMu.Lock()
+	switch {
+	case !s.pos.ok || gen > s.pos.gen:
+		s.pos = cachedPositions{ok: true, gen: gen, at: at, tok: t}
+	case gen == s.pos.gen:
+		// Two reads under one generation: a commit whose Wake has not come
+		// yet may be in one of them. Positions only grow, so keep the
+		// larger of each, and never hand out a position older than a token
+		// already answered.
+		s.pos.tok = s.pos.tok.max(t)
+		s.pos.at = at
+		t = s.pos.tok
+	}
+	s.posMu.Unlock()
+	return t, nil
+}
+
+// readPositions reads the current end of every stream.
+func (s *Service) readPositions(ctx context.Context) (Token, error) {
 	var t Token
 	var err error
 	if t.Timeline, err = s.store.TimelinePosition(ctx); err != nil {
@@ -231,7 +331,11 @@ type roomState struct {
 // build assembles one response for (since, now]; empty tells whether there
 // was nothing new for an incremental sync.
 func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter) (*Response, bool, error) {
-	to, err := s.positions(ctx)
+	var sincePtr *Token
+	if req.Since != "" {
+		sincePtr = &since
+	}
+	to, err := s.positions(ctx, sincePtr)
 	if err != nil {
 		return nil, false, err
 	}
@@ -408,9 +512,22 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		if initial {
 			tdFrom = 0
 		}
-		td, tdTo, err := s.toDevice(ctx, req.UserID, req.DeviceID, tdFrom, to.ToDevice)
-		if err != nil {
-			return nil, false, err
+		// ToDeviceSince reads (from, to] and deletes what the client saw
+		// (at or below from); once that is done for this from, and the
+		// stream has not moved, there is nothing to read or delete.
+		key := [2]string{req.UserID, req.DeviceID}
+		s.tdMu.Lock()
+		acked, seen := s.tdAcked[key]
+		s.tdMu.Unlock()
+		var td []json.RawMessage
+		tdTo := to.ToDevice
+		if initial || !seen || acked != tdFrom || tdFrom != to.ToDevice {
+			if td, tdTo, err = s.toDevice(ctx, req.UserID, req.DeviceID, tdFrom, to.ToDevice); err != nil {
+				return nil, false, err
+			}
+			s.tdMu.Lock()
+			s.tdAcked[key] = tdFrom
+			s.tdMu.Unlock()
 		}
 		if tdTo != to.ToDevice {
 			to.ToDevice = tdTo
@@ -420,7 +537,9 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		if len(td) > 0 {
 			empty = false
 		}
-		if !initial {
+		// The device-list position covers both device-list changes and
+		// membership (timeline) changes: unmoved, nothing can have changed.
+		if !initial && since.DeviceLists != to.DeviceLists {
 			changed, left, err := s.e2ee.DeviceListChanges(ctx, req.UserID, since.DeviceLists, to.DeviceLists)
 			if err != nil {
 				return nil, false, err
