@@ -158,21 +158,29 @@ func (s *Service) outlierInvite(ctx context.Context, roomID, userID string) (sto
 // (stored as an outlier by ReceiveInvite): make_leave and send_leave
 // through the inviter's server, then the room id's server, first success
 // wins; the leave is then stored as an outlier after the invite, so /sync
-// moves the room to "leave". The caller holds the room lock.
-func (s *Service) rejectRemoteInvite(ctx context.Context, userID, roomID, reason string) error {
+// moves the room to "leave". done is false when the room became known here
+// meanwhile (the caller leaves it as usual).
+func (s *Service) rejectRemoteInvite(ctx context.Context, userID, roomID, reason string) (done bool, err error) {
+	unlock := s.lock(roomID)
+	defer unlock()
+	if _, err := s.store.RoomVersion(ctx, roomID); err == nil {
+		return false, nil
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return true, err
+	}
 	inv, err := s.store.OutlierMembership(ctx, roomID, userID)
 	if errors.Is(err, storage.ErrNotFound) {
-		return mxerr.NotFound("room %s is not known to this server", roomID)
+		return true, mxerr.NotFound("room %s is not known to this server", roomID)
 	}
 	if err != nil {
-		return err
+		return true, err
 	}
 	switch gjson.GetBytes(inv.JSON, "content.membership").String() {
 	case spec.Invite:
 	case spec.Leave:
-		return nil // rejected already
+		return true, nil // rejected already
 	default:
-		return mxerr.Forbidden("you are not invited to room %s", roomID)
+		return true, mxerr.Forbidden("you are not invited to room %s", roomID)
 	}
 	content := map[string]any{"membership": spec.Leave}
 	if reason != "" {
@@ -197,20 +205,20 @@ func (s *Service) rejectRemoteInvite(ctx context.Context, userID, roomID, reason
 		// recorded here only, and the room's servers keep the invite.
 		log.WithError(lastErr).Warn("the invite rejection reached no server of the room; recorded locally only")
 		if verImpl, leave, err = s.localLeave(inv, content); err != nil {
-			return err
+			return true, err
 		}
 	}
 	ne, err := outlierRecord(verImpl, leave)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if err := s.store.PersistOutlier(ctx, ne); err != nil {
-		return err
+		return true, err
 	}
 	if s.waker != nil {
 		s.waker.Wake(userID)
 	}
-	return nil
+	return true, nil
 }
 
 // fedClient is the federation client, nil without one.

@@ -107,6 +107,11 @@ func TestFederationLeave(t *testing.T) {
 		if err := b.rooms.Leave(ctx, bob, private, ""); err != nil {
 			t.Fatal(err)
 		}
+		// The rejected room can be forgotten; a room never seen cannot.
+		if err := b.rooms.Forget(ctx, bob, private); err != nil {
+			t.Fatalf("forgetting the rejected invite: %v", err)
+		}
+		wantCode(t, b.rooms.Forget(ctx, bob, "!never:a.test"), http.StatusNotFound, "M_NOT_FOUND")
 	})
 
 	t.Run("leaving a room this server knows nothing of is 404", func(t *testing.T) {

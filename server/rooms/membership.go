@@ -141,9 +141,9 @@ func (s *Service) Leave(ctx context.Context, userID, roomID, reason string) erro
 		return err
 	}
 	if _, err := s.store.RoomVersion(ctx, roomID); errors.Is(err, storage.ErrNotFound) {
-		unlock := s.lock(roomID)
-		defer unlock()
-		return s.rejectRemoteInvite(ctx, userID, roomID, reason) // federation_leave.go
+		if done, err := s.rejectRemoteInvite(ctx, userID, roomID, reason); done { // federation_leave.go
+			return err
+		}
 	}
 	return s.changeMembership(ctx, userID, roomID, userID, spec.Leave, reason, func(d *draft, _ map[string]any) error {
 		switch d.members[userID] {
@@ -206,7 +206,10 @@ func (s *Service) Forget(ctx context.Context, userID, roomID string) error {
 		return err
 	}
 	if _, err := s.store.RoomVersion(ctx, roomID); errors.Is(err, storage.ErrNotFound) {
-		return mxerr.NotFound("room %s is not known to this server", roomID)
+		// A rejected invite over federation may be forgotten too.
+		if ev, err := s.store.OutlierMembership(ctx, roomID, userID); err != nil || gjson.GetBytes(ev.JSON, "content.membership").String() != spec.Leave {
+			return mxerr.NotFound("room %s is not known to this server", roomID)
+		}
 	} else if err != nil {
 		return err
 	}
