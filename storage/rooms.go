@@ -19,6 +19,13 @@ type RoomStore interface {
 	// ErrStateUnknown if it is an outlier. The state after a state event
 	// that was not rejected is this plus the event itself.
 	StateBefore(ctx context.Context, eventID string) ([]Event, error)
+	// StateAfter is StateBefore plus the event itself when it is a state
+	// event that was not rejected (a soft-failed event counts: spec "Soft
+	// failure"): the state its children are built on.
+	StateAfter(ctx context.Context, eventID string) ([]Event, error)
+	// RejectedEvents returns which of these events were rejected (failed
+	// auth; soft-failed events are not rejected in this sense).
+	RejectedEvents(ctx context.Context, eventIDs []string) (map[string]bool, error)
 	// ForwardExtremities returns the room's forward extremities (the
 	// prev_events of its next event) and the greatest depth among them.
 	ForwardExtremities(ctx context.Context, roomID string) (eventIDs []string, maxDepth int64, err error)
@@ -103,6 +110,24 @@ type NewEvent struct {
 	// same transaction (PDU is the full event JSON they are sent).
 	FederateTo []string
 	PDU        []byte
+
+	// Events received over federation (server/rooms/stateres.go) carry
+	// the state the room graph gives them; all nil/false is a local event
+	// on the room's current state.
+	//
+	// StateBefore, if not nil, is the state before the event (ids of
+	// stored events): resolved from the states after its prev_events.
+	StateBefore []string
+	// CurrentState, if not nil, is the room's current state after the
+	// event (ids of stored events, the event's own id allowed): the
+	// resolution of the states after the room's forward extremities. nil:
+	// the state before plus the event.
+	CurrentState []string
+	// Rejected: the event failed auth (spec "Rejection"). SoftFailed: it
+	// failed auth against the current state only (spec "Soft failure").
+	// Either way it is stored for the graph, changes no state, is no
+	// forward extremity and never reaches /sync.
+	Rejected, SoftFailed bool
 }
 
 // NewRoom is the room row a create event makes.

@@ -152,6 +152,9 @@ func stateBefore(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) 
 }
 
 func persistEvent(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int64, error) {
+	if ev.StateBefore != nil || ev.CurrentState != nil || ev.Rejected || ev.SoftFailed {
+		return persistResolved(ctx, tx, ev) // roomstate.go
+	}
 	if ev.NewRoom != nil {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO rooms (room_id, room_version, is_public, created_ts) VALUES ($1, $2, $3, $4)`,
 			ev.RoomID, ev.NewRoom.Version, ev.NewRoom.Public, ev.OriginServerTS); err != nil {

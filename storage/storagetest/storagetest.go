@@ -17,6 +17,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open) })
 	t.Run("Rooms", func(t *testing.T) { testRooms(t, open) })
 	t.Run("RoomState", func(t *testing.T) { testRoomState(t, open) })
+	t.Run("RoomStateResolution", func(t *testing.T) { testRoomStateResolution(t, open) })
 	t.Run("RoomRead", func(t *testing.T) { testRoomRead(t, open) })
 	t.Run("MemberRooms", func(t *testing.T) { testMemberRooms(t, open) })
 	t.Run("Sync", func(t *testing.T) { testSync(t, open) })
