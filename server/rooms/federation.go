@@ -147,14 +147,20 @@ func (e *errRefused) Error() string { return e.reason }
 
 func refuse(format string, args ...any) error { return &errRefused{fmt.Sprintf(format, args...)} }
 
-// ReceivePDU checks and stores one event sent by origin: it must parse in
-// the room's version, carry its sender's server signature and a matching
-// content hash, be allowed by its auth events and by the room's current
-// state, and follow events this server has. It is then appended to the
-// room (its state applied) and the local members are woken. Anything else
-// is refused with the reason, logged, and nothing is stored.
+// ReceivePDU checks and stores one event sent by origin (spec "Checks
+// performed on receipt of a PDU"): it must parse in the room's version and
+// carry its sender's server signature and a matching content hash, or it
+// is refused with the reason, logged, and nothing is stored. Prev events
+// this server lacks are fetched from origin first (federation_missing.go).
+// The event is then checked against its auth events and the state before it
+// (resolved from its prev_events): failing either, it is stored as rejected
+// and refused. Allowed there but not by the room's current state, it is
+// soft-failed: stored, but not shown to clients nor built on, and nil is
+// returned. Otherwise it is appended to the room, the room's current state
+// becomes the resolution of its forward extremities' states, and the local
+// members are woken.
 func (in *Inbox) ReceivePDU(ctx context.Context, origin spec.ServerName, version gomatrixserverlib.RoomVersion, raw json.RawMessage) error {
-	err := in.receive(ctx, version, raw)
+	err := in.receive(ctx, origin, version, raw)
 	var r *errRefused
 	if errors.As(err, &r) {
 		in.s.log.WithField("origin", origin).WithField("reason", r.reason).Info("refused an inbound event")
@@ -165,7 +171,7 @@ func (in *Inbox) ReceivePDU(ctx context.Context, origin spec.ServerName, version
 	return err
 }
 
-func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVersion, raw json.RawMessage) error {
+func (in *Inbox) receive(ctx context.Context, origin spec.ServerName, version gomatrixserverlib.RoomVersion, raw json.RawMessage) error {
 	s := in.s
 	if s.fed == nil || s.fed.verifier == nil {
 		return refuse("this server does not take part in federation")
@@ -174,138 +180,248 @@ func (in *Inbox) receive(ctx context.Context, version gomatrixserverlib.RoomVers
 	if err != nil {
 		return refuse("unsupported room version %q", version)
 	}
+	ev, err := s.checkPDU(ctx, verImpl, raw)
+	if err != nil {
+		return err
+	}
+	return s.receiveEvent(ctx, origin, verImpl, ev)
+}
+
+// checkPDU parses an event of another server and checks its signatures and
+// content hash (an event whose hash does not match is refused rather than
+// redacted: nothing here needs a redacted copy).
+func (s *Service) checkPDU(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte) (gomatrixserverlib.PDU, error) {
 	ev, err := verImpl.NewEventFromUntrustedJSON(raw)
 	if err != nil {
-		return refuse("malformed event: %v", err)
+		return nil, refuse("malformed event: %v", err)
 	}
 	if ev.Redacted() {
-		return refuse("content hash does not match the event")
+		return nil, refuse("content hash of %s does not match the event", ev.EventID())
 	}
 	if _, err := userIDForSender(ev.RoomID(), ev.SenderID()); err != nil {
-		return refuse("invalid sender %q", ev.SenderID())
+		return nil, refuse("invalid sender %q", ev.SenderID())
 	}
 	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.fed.verifier, userIDForSender); err != nil {
-		return refuse("bad signature: %v", err)
+		return nil, refuse("bad signature on %s: %v", ev.EventID(), err)
 	}
-	unlock := s.lock(ev.RoomID().String())
-	defer unlock()
-	_, err = s.appendRemote(ctx, verImpl, ev, "")
-	return err
+	return ev, nil
 }
 
 // appendRemote appends another server's event, checked for its signature,
 // to its room: its prev_events must be known here, and it must be allowed
-// by its auth events and by the current state. The caller holds the room
-// lock. With relayFrom set (a join received by send_join) the event is
-// also queued for the room's other servers but relayFrom. It returns
-// whether the event is new.
+// by its auth events, by the state before it and by the current state; an
+// event failing any of these is refused and nothing is stored. The caller
+// holds the room lock. With relayFrom set (a join received by send_join)
+// the event is also queued for the room's other servers but relayFrom. It
+// returns whether the event is new.
 func (s *Service) appendRemote(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, relayFrom spec.ServerName) (bool, error) {
+	return s.admit(ctx, verImpl, ev, admitOpts{relayFrom: relayFrom, strict: true})
+}
+
+// admitOpts: how admit takes an event.
+type admitOpts struct {
+	// relayFrom: queue the accepted event for the room's other servers
+	// but this one.
+	relayFrom spec.ServerName
+	// strict: refuse (store nothing) rather than store rejected or
+	// soft-failed.
+	strict bool
+	// gap: the state after prev events this server does not have, fetched
+	// from the origin (fetchStates); their events are stored as outliers.
+	gap map[string][]gomatrixserverlib.PDU
+}
+
+// outcome is what the checks made of an inbound event.
+type outcome int
+
+const (
+	accepted outcome = iota
+	rejected
+	softFailed
+)
+
+// admit runs the checks on an inbound event whose signatures were checked
+// and stores it (accepted, rejected or soft-failed). The caller holds the
+// room lock. It returns whether the event is new; a rejected event is
+// stored and refused.
+func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, o admitOpts) (bool, error) {
 	roomID := ev.RoomID().String()
 	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
 		return false, nil // already have it
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return false, err
 	}
-	for _, id := range ev.PrevEventIDs() {
-		prev, err := s.store.Event(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) || (err == nil && (prev.RoomID != roomID || prev.Outlier)) {
-			return false, refuse("prev_event %s is unknown here (fetching missing events is not supported yet)", id)
-		}
-		if err != nil {
-			return false, err
+	exts, _, err := s.store.ForwardExtremities(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	prevs := ev.PrevEventIDs()
+	prevEvs, err := s.store.EventsByID(ctx, prevs)
+	if err != nil {
+		return false, err
+	}
+	known := map[string]bool{}
+	for _, p := range prevEvs {
+		if p.RoomID == roomID && !p.Outlier {
+			known[p.EventID] = true
 		}
 	}
-	// Auth against the event's own auth events.
-	var authPDUs []gomatrixserverlib.PDU
+	for _, id := range prevs {
+		if !known[id] && o.gap[id] == nil {
+			return false, refuse("prev_event %s is unknown here", id)
+		}
+	}
+	// Checks 4 to 6 of the spec; the first failure decides.
+	result, reason := accepted, ""
+	fail := func(r outcome, format string, args ...any) {
+		if result == accepted {
+			result, reason = r, fmt.Sprintf(format, args...)
+		}
+	}
+	// 4. Auth against the event's own auth events.
+	var authIDs []string
 	for _, id := range ev.AuthEventIDs() {
-		a, err := s.store.Event(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) || (err == nil && a.RoomID != roomID) {
+		if !contains(authIDs, id) {
+			authIDs = append(authIDs, id)
+		}
+	}
+	authStored, err := s.store.EventsByID(ctx, authIDs)
+	if err != nil {
+		return false, err
+	}
+	found := map[string]bool{}
+	for _, a := range authStored {
+		if a.RoomID != roomID {
+			return false, refuse("auth event %s is in another room", a.EventID)
+		}
+		found[a.EventID] = true
+	}
+	for _, id := range authIDs {
+		if !found[id] {
 			return false, refuse("auth event %s is unknown here", id)
 		}
-		if err != nil {
-			return false, err
-		}
-		if a.Rejected {
-			return false, refuse("auth event %s was rejected", id)
-		}
-		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(a.EventID, a.JSON, a.ContentPurged)
-		if err != nil {
-			return false, fmt.Errorf("loading auth event %s: %w", id, err)
-		}
-		authPDUs = append(authPDUs, pdu)
 	}
-	authEvents, err := gomatrixserverlib.NewAuthEvents(authPDUs)
-	if err != nil {
-		return false, refuse("bad auth events: %v", err)
-	}
-	if err := gomatrixserverlib.Allowed(ev, authEvents, userIDForSender); err != nil {
-		return false, refuse("not allowed by its auth events: %v", err)
-	}
-	// Auth against the current state (soft-fail is refused for now).
-	var keys []storage.StateKey
-	for _, t := range gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples() {
-		keys = append(keys, storage.StateKey{Type: t.EventType, StateKey: t.StateKey})
-	}
-	cur, err := s.store.StateEvents(ctx, roomID, keys)
+	rejectedAuth, err := s.store.RejectedEvents(ctx, authIDs)
 	if err != nil {
 		return false, err
 	}
-	curState, _ := gomatrixserverlib.NewAuthEvents(nil)
-	for _, c := range cur {
-		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(c.EventID, c.JSON, c.ContentPurged)
-		if err != nil {
-			return false, fmt.Errorf("loading state event %s: %w", c.EventID, err)
-		}
-		if err := curState.AddEvent(pdu); err != nil {
-			return false, err
-		}
+	for id := range rejectedAuth {
+		fail(rejected, "auth event %s was rejected", id)
 	}
-	if err := gomatrixserverlib.Allowed(ev, curState, userIDForSender); err != nil {
-		return false, refuse("not allowed by the room's current state: %v", err)
-	}
-
-	skeleton, err := verImpl.RedactEventJSON(ev.JSON())
+	authPDUs, err := toPDUs(verImpl, authStored)
 	if err != nil {
-		return false, refuse("cannot redact the event: %v", err)
-	}
-	if skeleton, err = keepTopLevel(skeleton, ev.JSON()); err != nil {
 		return false, err
 	}
-	ne := storage.NewEvent{
-		EventID:        ev.EventID(),
-		RoomID:         roomID,
-		Type:           ev.Type(),
-		StateKey:       ev.StateKey(),
-		Sender:         string(ev.SenderID()),
-		OriginServerTS: int64(ev.OriginServerTS()),
-		Depth:          ev.Depth(),
-		Skeleton:       skeleton,
-		Content:        ev.Content(),
-		PrevEvents:     ev.PrevEventIDs(),
+	if authEvents, err := gomatrixserverlib.NewAuthEvents(authPDUs); err != nil {
+		fail(rejected, "bad auth events: %v", err)
+	} else if err := gomatrixserverlib.Allowed(ev, authEvents, userIDForSender); err != nil {
+		fail(rejected, "not allowed by its auth events: %v", err)
 	}
-	if ev.Type() == spec.MRoomMember {
-		ne.Membership, _ = ev.Membership()
-	}
-	if ev.Type() == spec.MRoomRedaction {
-		if target := ev.Redacts(); target != "" {
-			if skeleton, err = sjson.SetBytes(skeleton, "redacts", target); err != nil {
+	// 5. Auth against the state before the event. When its prev_events
+	// are the room's forward extremities (the usual case) that is the
+	// current state, and only what the auth rules read is loaded.
+	linear := len(o.gap) == 0 && sameSet(prevs, exts)
+	var before []gomatrixserverlib.PDU
+	if linear {
+		cur, err := s.currentAuthState(ctx, verImpl, ev)
+		if err != nil {
+			return false, err
+		}
+		if err := gomatrixserverlib.Allowed(ev, cur, userIDForSender); err != nil {
+			fail(rejected, "not allowed by the state before it: %v", err)
+		}
+	} else {
+		sets := make([][]gomatrixserverlib.PDU, 0, len(prevs))
+		for _, id := range prevs {
+			if st, ok := o.gap[id]; ok && !known[id] {
+				sets = append(sets, st)
+				continue
+			}
+			st, err := s.stateAfter(ctx, verImpl, id)
+			if err != nil {
 				return false, err
 			}
-			ne.Skeleton = skeleton
-			// The redaction is applied when its sender may: the target is
-			// from the same server (the auth rules checked the rest).
-			if t, err := s.store.Event(ctx, target); err == nil && t.RoomID == roomID && serverOf(t.Sender) == serverOf(ne.Sender) {
-				ne.Redacts = target
+			sets = append(sets, st)
+		}
+		if before, err = s.resolveStates(ctx, verImpl, sets); err != nil {
+			return false, err
+		}
+		if ae, err := authEventsOf(ev, before); err != nil {
+			fail(rejected, "the state before it: %v", err)
+		} else if err := gomatrixserverlib.Allowed(ev, ae, userIDForSender); err != nil {
+			fail(rejected, "not allowed by the state before it: %v", err)
+		}
+		// 6. Auth against the current state.
+		cur, err := s.currentAuthState(ctx, verImpl, ev)
+		if err != nil {
+			return false, err
+		}
+		if err := gomatrixserverlib.Allowed(ev, cur, userIDForSender); err != nil {
+			fail(softFailed, "not allowed by the room's current state: %v", err)
+		}
+	}
+	if result != accepted && o.strict {
+		return false, refuse("%s", reason)
+	}
+
+	ne, err := newEventOf(verImpl, ev)
+	if err != nil {
+		return false, refuse("cannot store the event: %v", err)
+	}
+	if before != nil {
+		ne.StateBefore = eventIDs(before)
+	}
+	log := s.log.WithField("room_id", roomID).WithField("event_id", ev.EventID())
+	switch result {
+	case rejected, softFailed:
+		ne.Rejected, ne.SoftFailed = result == rejected, result == softFailed
+		ne.Redacts = ""
+		if _, err := s.store.PersistEvents(ctx, []storage.NewEvent{ne}); err != nil {
+			return false, err
+		}
+		if result == softFailed {
+			log.WithField("reason", reason).Info("soft-failed an inbound event")
+			return true, nil
+		}
+		return true, refuse("rejected: %s", reason)
+	}
+	if !linear {
+		// The room's current state: the resolution of the states after
+		// its forward extremities, this event replacing its prev_events.
+		after := withEvent(before, ev)
+		sets := [][]gomatrixserverlib.PDU{after}
+		for _, x := range exts {
+			if contains(prevs, x) {
+				continue
 			}
+			st, err := s.stateAfter(ctx, verImpl, x)
+			if err != nil {
+				return false, err
+			}
+			sets = append(sets, st)
+		}
+		if len(sets) > 1 {
+			resolved, err := s.resolveStates(ctx, verImpl, sets)
+			if err != nil {
+				return false, err
+			}
+			ne.CurrentState = eventIDs(resolved)
+		}
+	}
+	if ev.Type() == spec.MRoomRedaction && ne.Redacts != "" {
+		// The redaction is applied when its sender may: the target is
+		// from the same server (the auth rules checked the rest).
+		if t, err := s.store.Event(ctx, ne.Redacts); err != nil || t.RoomID != roomID || serverOf(t.Sender) != serverOf(ne.Sender) {
+			ne.Redacts = ""
 		}
 	}
 	var relay []string
-	if relayFrom != "" {
+	if o.relayFrom != "" {
 		joined, err := s.store.JoinedMembers(ctx, roomID)
 		if err != nil {
 			return false, err
 		}
-		seen := map[string]bool{string(s.key.ServerName): true, string(relayFrom): true}
+		seen := map[string]bool{string(s.key.ServerName): true, string(o.relayFrom): true}
 		for _, u := range joined {
 			if srv := serverOf(u); srv != "" && !seen[srv] {
 				seen[srv] = true
@@ -321,4 +437,85 @@ func (s *Service) appendRemote(ctx context.Context, verImpl gomatrixserverlib.IR
 	}
 	s.notifyFederation(relay)
 	return true, nil
+}
+
+// currentAuthState is the part of the room's current state the auth rules
+// read for ev.
+func (s *Service) currentAuthState(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) (*gomatrixserverlib.AuthEvents, error) {
+	var keys []storage.StateKey
+	for _, t := range gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples() {
+		keys = append(keys, storage.StateKey{Type: t.EventType, StateKey: t.StateKey})
+	}
+	cur, err := s.store.StateEvents(ctx, ev.RoomID().String(), keys)
+	if err != nil {
+		return nil, err
+	}
+	pdus, err := toPDUs(verImpl, cur)
+	if err != nil {
+		return nil, err
+	}
+	return gomatrixserverlib.NewAuthEvents(pdus)
+}
+
+// newEventOf is the storage record of another server's event: its
+// redacted skeleton (with the top-level keys the redaction drops) and
+// content.
+func newEventOf(verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) (storage.NewEvent, error) {
+	skeleton, err := verImpl.RedactEventJSON(ev.JSON())
+	if err != nil {
+		return storage.NewEvent{}, err
+	}
+	if skeleton, err = keepTopLevel(skeleton, ev.JSON()); err != nil {
+		return storage.NewEvent{}, err
+	}
+	ne := storage.NewEvent{
+		EventID:        ev.EventID(),
+		RoomID:         ev.RoomID().String(),
+		Type:           ev.Type(),
+		StateKey:       ev.StateKey(),
+		Sender:         string(ev.SenderID()),
+		OriginServerTS: int64(ev.OriginServerTS()),
+		Depth:          ev.Depth(),
+		Content:        ev.Content(),
+		PrevEvents:     ev.PrevEventIDs(),
+	}
+	if ev.Type() == spec.MRoomMember {
+		ne.Membership, _ = ev.Membership()
+	}
+	if ev.Type() == spec.MRoomRedaction {
+		if target := ev.Redacts(); target != "" {
+			if skeleton, err = sjson.SetBytes(skeleton, "redacts", target); err != nil {
+				return storage.NewEvent{}, err
+			}
+			ne.Redacts = target
+		}
+	}
+	ne.Skeleton = skeleton
+	return ne, nil
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !contains(b, x) {
+			return false
+		}
+	}
+	for _, x := range b {
+		if !contains(a, x) {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

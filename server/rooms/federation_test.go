@@ -254,9 +254,20 @@ func testFederationRooms(t *testing.T, version string) {
 		raw := e.build(t, r, roomID, alice, "m.room.message", nil, `{"body":"as alice"}`)
 		refused(t, raw, "bad signature")
 	})
-	t.Run("an event from a user not in the room fails auth and is not stored", func(t *testing.T) {
+	t.Run("an event from a user not in the room is rejected: kept for the graph, refused, no extremity", func(t *testing.T) {
 		raw := e.build(t, r, roomID, "@carol:"+remoteServer, "m.room.message", nil, `{"body":"not joined"}`)
-		refused(t, raw, "not allowed")
+		ext := e.extremities(t, roomID)
+		err := inbox.ReceivePDU(ctx, remoteServer, rv, raw)
+		if err == nil || !strings.Contains(err.Error(), "not allowed") {
+			t.Fatalf("got %v, want a rejection naming %q", err, "not allowed")
+		}
+		stored, err := e.store.Rooms().Event(ctx, eventID(t, version, raw))
+		if err != nil || !stored.Rejected {
+			t.Fatalf("the rejected event is not stored as rejected: %+v, %v", stored.Rejected, err)
+		}
+		if got := e.extremities(t, roomID); fmt.Sprint(got) != fmt.Sprint(ext) {
+			t.Fatalf("extremities changed from %v to %v", ext, got)
+		}
 	})
 	t.Run("an event after unknown prev_events is refused clearly", func(t *testing.T) {
 		raw := e.buildOn(t, r, roomID, bob, "m.room.message", nil, `{"body":"gap"}`, []string{"$unknown"})

@@ -1,0 +1,358 @@
+package rooms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/storage"
+)
+
+// Bounds on filling a gap before an inbound event.
+const (
+	// missingEventsLimit is the limit of one get_missing_events request
+	// (the spec's default is 10).
+	missingEventsLimit = 20
+	// maxGapPrevs: an event with more unknown prev_events than this after
+	// get_missing_events is refused rather than fetching so many states.
+	maxGapPrevs = 5
+	// maxEventFetches: a state lacking more events than this here is
+	// fetched whole with /state rather than event by event.
+	maxEventFetches = 50
+	// maxStateEvents bounds the state and auth chain taken from /state_ids.
+	maxStateEvents = 50000
+	// gapTimeout bounds all the requests made for one inbound event.
+	gapTimeout = time.Minute
+)
+
+// GapClient is what filling gaps in a room's graph asks other servers
+// (*federation.Client implements it through fclient.FederationClient).
+// The service's FederationClient is used when it implements this too.
+type GapClient interface {
+	LookupMissingEvents(ctx context.Context, origin, s spec.ServerName, roomID string, missing fclient.MissingEvents, roomVersion gomatrixserverlib.RoomVersion) (fclient.RespMissingEvents, error)
+	LookupStateIDs(ctx context.Context, origin, s spec.ServerName, roomID, eventID string) (fclient.RespStateIDs, error)
+	LookupState(ctx context.Context, origin, s spec.ServerName, roomID, eventID string, roomVersion gomatrixserverlib.RoomVersion) (fclient.RespState, error)
+	GetEvent(ctx context.Context, origin, s spec.ServerName, eventID string) (gomatrixserverlib.Transaction, error)
+}
+
+func (s *Service) gapClient() GapClient {
+	if s.fed == nil || s.fed.client == nil {
+		return nil
+	}
+	c, _ := s.fed.client.(GapClient)
+	return c
+}
+
+// receiveEvent takes an inbound event whose signatures were checked: the
+// prev_events this server lacks are fetched from origin without the room
+// lock, then the event is checked and stored under it.
+func (s *Service) receiveEvent(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
+	roomID := ev.RoomID().String()
+	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
+		return nil // already have it
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	missing, err := s.missingPrevs(ctx, roomID, ev)
+	if err != nil {
+		return err
+	}
+	var gap map[string][]gomatrixserverlib.PDU
+	if len(missing) > 0 {
+		gctx, cancel := context.WithTimeout(ctx, gapTimeout)
+		gap, err = s.fillGap(gctx, origin, verImpl, ev, missing)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	unlock := s.lock(roomID)
+	defer unlock()
+	_, err = s.admit(ctx, verImpl, ev, admitOpts{gap: gap})
+	return err
+}
+
+// missingPrevs lists the event's prev_events that are not timeline events
+// of its room here.
+func (s *Service) missingPrevs(ctx context.Context, roomID string, ev gomatrixserverlib.PDU) ([]string, error) {
+	prevs := ev.PrevEventIDs()
+	evs, err := s.store.EventsByID(ctx, prevs)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, e := range evs {
+		if e.RoomID == roomID && !e.Outlier {
+			known[e.EventID] = true
+		}
+	}
+	var out []string
+	for _, p := range prevs {
+		if !known[p] && !contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// fillGap asks origin for the events between the room's forward
+// extremities and ev (get_missing_events) and takes them oldest first,
+// through the same checks. For the prev_events still missing then, it
+// fetches the state after each (fetchStates).
+func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, missing []string) (map[string][]gomatrixserverlib.PDU, error) {
+	c := s.gapClient()
+	if c == nil {
+		return nil, refuse("prev_event %s is unknown here and this server cannot fetch it", missing[0])
+	}
+	roomID := ev.RoomID().String()
+	log := s.log.WithField("room_id", roomID).WithField("event_id", ev.EventID()).WithField("origin", origin)
+	exts, _, err := s.store.ForwardExtremities(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	minDepth := int64(0)
+	if extEvs, err := s.store.EventsByID(ctx, exts); err == nil {
+		for i, e := range extEvs {
+			if i == 0 || e.Depth < minDepth {
+				minDepth = e.Depth
+			}
+		}
+	}
+	resp, err := c.LookupMissingEvents(ctx, s.key.ServerName, origin, roomID, fclient.MissingEvents{
+		Limit: missingEventsLimit, MinDepth: int(minDepth), EarliestEvents: exts, LatestEvents: []string{ev.EventID()},
+	}, verImpl.Version())
+	if err != nil {
+		log.WithError(err).Info("get_missing_events failed; fetching the state at the missing events instead")
+	}
+	var fetched []gomatrixserverlib.PDU
+	for i, raw := range resp.Events {
+		if i >= missingEventsLimit {
+			break
+		}
+		fe, err := s.checkPDU(ctx, verImpl, raw)
+		if err != nil {
+			log.WithError(err).Info("get_missing_events answered an unusable event")
+			continue
+		}
+		if fe.RoomID().String() != roomID || fe.EventID() == ev.EventID() {
+			continue
+		}
+		fetched = append(fetched, fe)
+	}
+	sort.SliceStable(fetched, func(i, j int) bool {
+		if fetched[i].Depth() != fetched[j].Depth() {
+			return fetched[i].Depth() < fetched[j].Depth()
+		}
+		return fetched[i].EventID() < fetched[j].EventID()
+	})
+	for _, fe := range fetched {
+		if err := s.takeFetched(ctx, c, origin, verImpl, fe); err != nil {
+			var r *errRefused
+			if !errors.As(err, &r) {
+				return nil, err
+			}
+			log.WithField("fetched", fe.EventID()).WithField("reason", r.reason).Info("refused a missing event")
+		}
+	}
+	if missing, err = s.missingPrevs(ctx, roomID, ev); err != nil || len(missing) == 0 {
+		return nil, err
+	}
+	return s.fetchStates(ctx, c, origin, verImpl, roomID, missing)
+}
+
+// takeFetched checks and stores one event get_missing_events answered;
+// its own missing prev_events are not asked for again, their state is
+// fetched.
+func (s *Service) takeFetched(ctx context.Context, c GapClient, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
+	roomID := ev.RoomID().String()
+	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
+		return nil
+	}
+	missing, err := s.missingPrevs(ctx, roomID, ev)
+	if err != nil {
+		return err
+	}
+	var gap map[string][]gomatrixserverlib.PDU
+	if len(missing) > 0 {
+		if gap, err = s.fetchStates(ctx, c, origin, verImpl, roomID, missing); err != nil {
+			return err
+		}
+	}
+	unlock := s.lock(roomID)
+	defer unlock()
+	_, err = s.admit(ctx, verImpl, ev, admitOpts{gap: gap})
+	return err
+}
+
+// fetchStates fetches from origin the state after each of these prev
+// events (/state_ids, then the events this server lacks), checks it and
+// stores its events as outliers.
+func (s *Service) fetchStates(ctx context.Context, c GapClient, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, roomID string, missing []string) (map[string][]gomatrixserverlib.PDU, error) {
+	if len(missing) > maxGapPrevs {
+		return nil, refuse("%d prev_events are unknown here (at most %d are fetched)", len(missing), maxGapPrevs)
+	}
+	out := make(map[string][]gomatrixserverlib.PDU, len(missing))
+	for _, p := range missing {
+		st, err := s.fetchStateAfter(ctx, c, origin, verImpl, roomID, p)
+		if err != nil {
+			return nil, err
+		}
+		out[p] = st
+	}
+	return out, nil
+}
+
+// fetchStateAfter is the state after the event prev of roomID, as origin
+// tells it: the state before it (/state_ids) plus prev itself when it is
+// state and allowed by its auth events.
+func (s *Service) fetchStateAfter(ctx context.Context, c GapClient, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, roomID, prev string) ([]gomatrixserverlib.PDU, error) {
+	ids, err := c.LookupStateIDs(ctx, s.key.ServerName, origin, roomID, prev)
+	if err != nil {
+		return nil, refuse("prev_event %s is unknown here and fetching the state at it from %s failed: %v", prev, origin, err)
+	}
+	if len(ids.StateEventIDs)+len(ids.AuthEventIDs) > maxStateEvents {
+		return nil, refuse("the state at %s from %s is too large", prev, origin)
+	}
+	want := append(append(append([]string{}, ids.StateEventIDs...), ids.AuthEventIDs...), prev)
+	stored, err := s.store.EventsByID(ctx, want)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[string]gomatrixserverlib.PDU, len(want))
+	storedPDUs, err := toPDUs(verImpl, stored)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range storedPDUs {
+		if stored[i].RoomID != roomID {
+			return nil, refuse("event %s of the state at %s is in another room", p.EventID(), prev)
+		}
+		byID[p.EventID()] = p
+	}
+	var lack []string
+	for _, id := range want {
+		if byID[id] == nil && !contains(lack, id) {
+			lack = append(lack, id)
+		}
+	}
+	var fresh []gomatrixserverlib.PDU
+	take := func(raw []byte, wantID string) error {
+		ev, err := s.checkPDU(ctx, verImpl, raw)
+		if err != nil {
+			return err
+		}
+		if ev.RoomID().String() != roomID || (wantID != "" && ev.EventID() != wantID) {
+			return refuse("%s answered event %s for %s of room %s", origin, ev.EventID(), wantID, roomID)
+		}
+		if byID[ev.EventID()] == nil {
+			byID[ev.EventID()] = ev
+			fresh = append(fresh, ev)
+		}
+		return nil
+	}
+	if len(lack) > maxEventFetches {
+		st, err := c.LookupState(ctx, s.key.ServerName, origin, roomID, prev, verImpl.Version())
+		if err != nil {
+			return nil, refuse("fetching the state at %s from %s failed: %v", prev, origin, err)
+		}
+		for _, raw := range append(append(gomatrixserverlib.EventJSONs{}, st.StateEvents...), st.AuthEvents...) {
+			if err := take(raw, ""); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, id := range lack {
+		if byID[id] != nil {
+			continue
+		}
+		txn, err := c.GetEvent(ctx, s.key.ServerName, origin, id)
+		if err != nil || len(txn.PDUs) != 1 {
+			return nil, refuse("fetching event %s from %s failed: %v", id, origin, err)
+		}
+		if err := take(txn.PDUs[0], id); err != nil {
+			return nil, err
+		}
+	}
+	// Each new event must be allowed by its auth events (found among the
+	// answered and stored ones) before it is stored as an outlier.
+	sort.SliceStable(fresh, func(i, j int) bool { return fresh[i].Depth() < fresh[j].Depth() })
+	prevOK := true
+	for _, ev := range fresh {
+		var auth []gomatrixserverlib.PDU
+		for _, id := range ev.AuthEventIDs() {
+			a := byID[id]
+			if a == nil {
+				if more, err := s.store.EventsByID(ctx, []string{id}); err == nil && len(more) == 1 {
+					if p, err := toPDUs(verImpl, more); err == nil {
+						a = p[0]
+					}
+				}
+			}
+			if a == nil {
+				return nil, refuse("auth event %s of %s (state at %s) is unknown", id, ev.EventID(), prev)
+			}
+			auth = append(auth, a)
+		}
+		ae, err := gomatrixserverlib.NewAuthEvents(auth)
+		if err == nil {
+			err = gomatrixserverlib.Allowed(ev, ae, userIDForSender)
+		}
+		if err != nil {
+			if ev.EventID() == prev {
+				prevOK = false // a rejected prev event changes no state
+				continue
+			}
+			return nil, refuse("event %s of the state at %s is not allowed by its auth events: %v", ev.EventID(), prev, err)
+		}
+		ne, err := newEventOf(verImpl, ev)
+		if err != nil {
+			return nil, refuse("cannot store %s: %v", ev.EventID(), err)
+		}
+		ne.Redacts = ""
+		if err := s.store.PersistOutlier(ctx, ne); err != nil {
+			return nil, err
+		}
+	}
+	state := make([]gomatrixserverlib.PDU, 0, len(ids.StateEventIDs))
+	for _, id := range ids.StateEventIDs {
+		p := byID[id]
+		if p == nil {
+			return nil, refuse("event %s of the state at %s is missing", id, prev)
+		}
+		if p.StateKey() == nil {
+			return nil, refuse("event %s of the state at %s is not a state event", id, prev)
+		}
+		state = append(state, p)
+	}
+	if prevEv := byID[prev]; prevEv != nil && prevOK {
+		state = withEvent(state, prevEv)
+	}
+	if err := checkState(state); err != nil {
+		return nil, refuse("the state at %s from %s: %v", prev, origin, err)
+	}
+	return state, nil
+}
+
+// checkState: one event per (type, state key), and a create event.
+func checkState(state []gomatrixserverlib.PDU) error {
+	seen := map[stateTuple]bool{}
+	create := false
+	for _, p := range state {
+		k := stateTuple{p.Type(), *p.StateKey()}
+		if seen[k] {
+			return fmt.Errorf("two events for (%s, %s)", k.typ, k.stateKey)
+		}
+		seen[k] = true
+		create = create || p.Type() == spec.MRoomCreate
+	}
+	if !create {
+		return errors.New("no m.room.create")
+	}
+	return nil
+}

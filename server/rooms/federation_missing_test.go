@@ -1,0 +1,328 @@
+package rooms_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	gosync "sync"
+	"testing"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/server/rooms"
+	"github.com/trustcase/node/storage"
+)
+
+// gapT is directT plus the history requests filling a gap asks, answered
+// by the other env's read endpoints (federation_read.go) through the JSON
+// the wire carries; it counts the requests.
+type gapT struct {
+	directT
+	calls *gapCalls
+}
+
+type gapCalls struct {
+	mu                        gosync.Mutex
+	missing, stateIDs, events int
+}
+
+func (c *gapCalls) add(n *int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*n++
+}
+
+func (c *gapCalls) get(n *int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return *n
+}
+
+func (g gapT) LookupMissingEvents(ctx context.Context, origin, _ spec.ServerName, roomID string, req fclient.MissingEvents, _ gomatrixserverlib.RoomVersion) (fclient.RespMissingEvents, error) {
+	g.calls.add(&g.calls.missing)
+	var res fclient.RespMissingEvents
+	resp, err := g.resident.rooms.ServeMissingEvents(ctx, origin, roomID, req.EarliestEvents, req.LatestEvents, req.Limit, int64(req.MinDepth))
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(g.t, resp, &res)
+	return res, nil
+}
+
+func (g gapT) LookupStateIDs(ctx context.Context, origin, _ spec.ServerName, roomID, eventID string) (fclient.RespStateIDs, error) {
+	g.calls.add(&g.calls.stateIDs)
+	var res fclient.RespStateIDs
+	resp, err := g.resident.rooms.ServeStateIDs(ctx, origin, roomID, eventID)
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(g.t, resp, &res)
+	return res, nil
+}
+
+func (g gapT) LookupState(ctx context.Context, origin, _ spec.ServerName, roomID, eventID string, _ gomatrixserverlib.RoomVersion) (fclient.RespState, error) {
+	var res fclient.RespState
+	resp, err := g.resident.rooms.ServeState(ctx, origin, roomID, eventID)
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(g.t, resp, &res)
+	return res, nil
+}
+
+func (g gapT) GetEvent(ctx context.Context, origin, _ spec.ServerName, eventID string) (gomatrixserverlib.Transaction, error) {
+	g.calls.add(&g.calls.events)
+	var res gomatrixserverlib.Transaction
+	resp, err := g.resident.rooms.ServeEvent(ctx, origin, eventID)
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(g.t, resp, &res)
+	return res, nil
+}
+
+// drop discards what from's queue holds for to (to was away).
+func drop(t *testing.T, from, to *env) {
+	t.Helper()
+	ctx := context.Background()
+	items := must[[]storage.QueueItem](t)(from.store.Federation().QueuePeek(ctx, string(to.key.ServerName), 500, 1000))
+	var positions []int64
+	for _, it := range items {
+		positions = append(positions, it.Position)
+	}
+	if err := from.store.Federation().QueueAck(ctx, string(to.key.ServerName), positions); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stateIDs is the env's current state of the room as "type|key" -> event id.
+func (e *env) stateIDs(t *testing.T, roomID string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, ev := range must[[]storage.Event](t)(e.store.Rooms().CurrentState(context.Background(), roomID)) {
+		out[ev.Type+"|"+*ev.StateKey] = ev.EventID
+	}
+	return out
+}
+
+// timeline lists the ids of the room's events /sync shows.
+func (e *env) timeline(t *testing.T, roomID string) []string {
+	t.Helper()
+	evs := must[[]storage.Event](t)(e.store.Sync().RoomEvents(context.Background(), roomID, storage.EventQuery{}))
+	out := make([]string, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, ev.EventID)
+	}
+	return out
+}
+
+func has(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// twoServers: a.test with alice, who created a public room, and b.test
+// with bob, joined through a and made a moderator (state_default 50).
+func twoServers(t *testing.T) (a, b *env, calls *gapCalls, alice, bob, roomID string) {
+	t.Helper()
+	ctx := context.Background()
+	a, b = newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
+	keys := serverKeys{a.key, b.key}
+	calls = &gapCalls{}
+	a.federate(&notified{}, keys, gapT{directT{direct{resident: b, invitee: b}, t}, calls})
+	b.federate(&notified{}, keys, gapT{directT{direct{resident: a, invitee: a}, t}, calls})
+	alice, bob = a.user(t), b.user(t)
+	roomID = must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat"}))
+	must[string](t)(b.rooms.Join(ctx, bob, roomID, ""))
+	deliver(t, b, a)
+	pl := a.state(t, roomID)["m.room.power_levels|"].Raw
+	var content map[string]any
+	if err := json.Unmarshal([]byte(pl), &content); err != nil {
+		t.Fatal(err)
+	}
+	content["users"].(map[string]any)[bob] = 50
+	raw, _ := json.Marshal(content)
+	must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.power_levels", "", raw))
+	deliver(t, a, b)
+	return a, b, calls, alice, bob, roomID
+}
+
+func TestFederationMissingEvents(t *testing.T) {
+	ctx := context.Background()
+	a, b, calls, alice, bob, roomID := twoServers(t)
+
+	t.Run("a server that missed events fetches them with get_missing_events, oldest first", func(t *testing.T) {
+		var missed []string
+		missed = append(missed, must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"while b was away"}`))))
+		for i := 0; i < 5; i++ {
+			missed = append(missed, must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", fmt.Sprint("away", i), []byte(`{"body":"missed"}`))))
+		}
+		drop(t, a, b)
+		last := must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", "back", []byte(`{"body":"back"}`)))
+		before := calls.get(&calls.missing)
+		if n := deliver(t, a, b); n != 1 {
+			t.Fatalf("delivered %d", n)
+		}
+		if calls.get(&calls.missing) == before {
+			t.Fatal("b did not ask for the missing events")
+		}
+		tl := b.timeline(t, roomID)
+		for _, id := range append(missed, last) {
+			if !has(tl, id) {
+				t.Fatalf("b's timeline lacks %s", id)
+			}
+		}
+		if fmt.Sprint(b.stateIDs(t, roomID)) != fmt.Sprint(a.stateIDs(t, roomID)) {
+			t.Fatalf("states differ:\na: %v\nb: %v", a.stateIDs(t, roomID), b.stateIDs(t, roomID))
+		}
+		if ext := b.extremities(t, roomID); len(ext) != 1 || ext[0] != last {
+			t.Fatalf("b's extremities %v, want [%s]", ext, last)
+		}
+	})
+
+	t.Run("a gap longer than get_missing_events answers is bridged with the state at its edge", func(t *testing.T) {
+		topic := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"long ago"}`)))
+		for i := 0; i < 30; i++ {
+			must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", fmt.Sprint("long", i), []byte(`{"body":"missed"}`)))
+		}
+		drop(t, a, b)
+		last := must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", "back2", []byte(`{"body":"back"}`)))
+		before := calls.get(&calls.stateIDs)
+		deliver(t, a, b)
+		if calls.get(&calls.stateIDs) == before {
+			t.Fatal("b did not fetch the state at the gap")
+		}
+		if !has(b.timeline(t, roomID), last) {
+			t.Fatal("b's timeline lacks the new event")
+		}
+		if got := b.stateIDs(t, roomID)["m.room.topic|"]; got != topic {
+			t.Fatalf("b's topic is %s, want %s (from before the gap)", got, topic)
+		}
+		if fmt.Sprint(b.stateIDs(t, roomID)) != fmt.Sprint(a.stateIDs(t, roomID)) {
+			t.Fatal("states differ")
+		}
+		// What came before the gap stays an extremity too, until b's next
+		// event references both.
+		if ext := b.extremities(t, roomID); !has(ext, last) {
+			t.Fatalf("b's extremities %v lack %s", ext, last)
+		}
+		// b sends on: a accepts it (b's prev is a's event)
+		bobMsg := must[string](t)(b.rooms.Send(ctx, bob, "D", roomID, "m.room.message", "after", []byte(`{"body":"after"}`)))
+		deliver(t, b, a)
+		if !has(a.timeline(t, roomID), bobMsg) {
+			t.Fatal("a did not take b's event after the gap")
+		}
+		for _, e := range []*env{a, b} {
+			if ext := e.extremities(t, roomID); len(ext) != 1 || ext[0] != bobMsg {
+				t.Fatalf("%s: extremities %v, want [%s]", e.key.ServerName, ext, bobMsg)
+			}
+		}
+	})
+}
+
+func TestFederationStateResolution(t *testing.T) {
+	ctx := context.Background()
+	a, b, _, alice, bob, roomID := twoServers(t)
+
+	t.Run("concurrent topics on two servers resolve to the same state on both, as GMSL resolves them", func(t *testing.T) {
+		ta := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"from a"}`)))
+		tb := must[string](t)(b.rooms.SendState(ctx, bob, roomID, "m.room.topic", "", []byte(`{"topic":"from b"}`)))
+		deliver(t, a, b)
+		deliver(t, b, a)
+		sa, sb := a.stateIDs(t, roomID), b.stateIDs(t, roomID)
+		if fmt.Sprint(sa) != fmt.Sprint(sb) {
+			t.Fatalf("states differ:\na: %v\nb: %v", sa, sb)
+		}
+		for _, e := range []*env{a, b} {
+			ext := e.extremities(t, roomID)
+			sort.Strings(ext)
+			want := []string{ta, tb}
+			sort.Strings(want)
+			if fmt.Sprint(ext) != fmt.Sprint(want) {
+				t.Fatalf("%s: extremities %v, want both topics", e.key.ServerName, ext)
+			}
+		}
+		// The winner is the one GMSL's resolution of the two states picks.
+		want := gmslResolve(t, a, roomID, ta, tb)["m.room.topic|"]
+		if sa["m.room.topic|"] != want {
+			t.Fatalf("topic %s, GMSL resolves to %s", sa["m.room.topic|"], want)
+		}
+		// The next event references both forks and both servers take it.
+		m := must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", "merge", []byte(`{"body":"merge"}`)))
+		deliver(t, a, b)
+		for _, e := range []*env{a, b} {
+			if ext := e.extremities(t, roomID); len(ext) != 1 || ext[0] != m {
+				t.Fatalf("%s: extremities %v, want [%s]", e.key.ServerName, ext, m)
+			}
+		}
+		if fmt.Sprint(a.stateIDs(t, roomID)) != fmt.Sprint(b.stateIDs(t, roomID)) {
+			t.Fatal("states differ after the merge")
+		}
+	})
+}
+
+// gmslResolve resolves, with GMSL directly, the states after two events of
+// e's room, with the auth chain from e's store.
+func gmslResolve(t *testing.T, e *env, roomID string, x, y string) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	rs := e.store.Rooms()
+	version := must[string](t)(rs.RoomVersion(ctx, roomID))
+	verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)))
+	load := func(evs []storage.Event) []gomatrixserverlib.PDU {
+		var out []gomatrixserverlib.PDU
+		for _, ev := range evs {
+			out = append(out, must[gomatrixserverlib.PDU](t)(verImpl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, ev.ContentPurged)))
+		}
+		return out
+	}
+	var sets [][]gomatrixserverlib.PDU
+	for _, id := range []string{x, y} {
+		before := load(must[[]storage.Event](t)(rs.StateBefore(ctx, id)))
+		self := load([]storage.Event{must[storage.Event](t)(rs.Event(ctx, id))})[0]
+		var after []gomatrixserverlib.PDU
+		for _, p := range before {
+			if p.Type() != self.Type() || !p.StateKeyEquals(*self.StateKey()) {
+				after = append(after, p)
+			}
+		}
+		sets = append(sets, append(after, self))
+	}
+	chain := map[string]gomatrixserverlib.PDU{}
+	var walk func(ids []string)
+	walk = func(ids []string) {
+		for _, id := range ids {
+			if chain[id] != nil {
+				continue
+			}
+			p := load([]storage.Event{must[storage.Event](t)(rs.Event(ctx, id))})[0]
+			chain[id] = p
+			walk(p.AuthEventIDs())
+		}
+	}
+	for _, set := range sets {
+		for _, p := range set {
+			chain[p.EventID()] = p
+			walk(p.AuthEventIDs())
+		}
+	}
+	var auth []gomatrixserverlib.PDU
+	for _, p := range chain {
+		auth = append(auth, p)
+	}
+	resolved := must[[]gomatrixserverlib.PDU](t)(gomatrixserverlib.ResolveConflictsNew(verImpl.Version(), sets, auth,
+		func(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) { return spec.NewUserID(string(s), true) },
+		func(string) bool { return false }))
+	out := map[string]string{}
+	for _, p := range resolved {
+		out[p.Type()+"|"+*p.StateKey()] = p.EventID()
+	}
+	return out
+}

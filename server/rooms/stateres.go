@@ -1,0 +1,184 @@
+package rooms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/trustcase/node/storage"
+)
+
+// maxAuthChain bounds the auth events loaded for one state resolution.
+const maxAuthChain = 50000
+
+// toPDUs loads stored events as PDUs of the room version.
+func toPDUs(verImpl gomatrixserverlib.IRoomVersion, evs []storage.Event) ([]gomatrixserverlib.PDU, error) {
+	out := make([]gomatrixserverlib.PDU, 0, len(evs))
+	for _, e := range evs {
+		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(e.EventID, e.JSON, e.ContentPurged)
+		if err != nil {
+			return nil, fmt.Errorf("loading %s: %w", e.EventID, err)
+		}
+		out = append(out, pdu)
+	}
+	return out, nil
+}
+
+// stateAfter is the state after a timeline event of the room graph
+// (storage.RoomStore.StateAfter), as PDUs.
+func (s *Service) stateAfter(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, eventID string) ([]gomatrixserverlib.PDU, error) {
+	evs, err := s.store.StateAfter(ctx, eventID)
+	if err != nil {
+		return nil, fmt.Errorf("state after %s: %w", eventID, err)
+	}
+	return toPDUs(verImpl, evs)
+}
+
+// withEvent is a state plus ev (replacing what it overrides), when ev is a
+// state event.
+func withEvent(state []gomatrixserverlib.PDU, ev gomatrixserverlib.PDU) []gomatrixserverlib.PDU {
+	if ev.StateKey() == nil {
+		return state
+	}
+	out := make([]gomatrixserverlib.PDU, 0, len(state)+1)
+	for _, p := range state {
+		if p.Type() == ev.Type() && p.StateKeyEquals(*ev.StateKey()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return append(out, ev)
+}
+
+// stateKeyOf names a state's events for comparing states.
+func stateKeyOf(state []gomatrixserverlib.PDU) string {
+	ids := eventIDs(state)
+	sort.Strings(ids)
+	return strings.Join(ids, "\x00")
+}
+
+func eventIDs(evs []gomatrixserverlib.PDU) []string {
+	out := make([]string, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, e.EventID())
+	}
+	return out
+}
+
+// resolveStates is the room version's state resolution (v2 for the versions
+// this node supports) of several states, with GMSL. One distinct state is
+// returned as it is. The auth chains of all the states' events are loaded
+// from the store (each must be stored: timeline or outlier); rejected
+// events among them are told to the algorithm.
+func (s *Service) resolveStates(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, sets [][]gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
+	distinct := make([][]gomatrixserverlib.PDU, 0, len(sets))
+	seen := map[string]bool{}
+	for _, set := range sets {
+		k := stateKeyOf(set)
+		if !seen[k] {
+			seen[k] = true
+			distinct = append(distinct, set)
+		}
+	}
+	switch len(distinct) {
+	case 0:
+		return nil, nil
+	case 1:
+		return distinct[0], nil
+	}
+	chain, rejected, err := s.authChain(ctx, verImpl, distinct)
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := gomatrixserverlib.ResolveConflictsNew(verImpl.Version(), distinct, chain, userIDForSender,
+		func(id string) bool { return rejected[id] })
+	if err != nil {
+		return nil, fmt.Errorf("state resolution: %w", err)
+	}
+	if len(resolved) == 0 {
+		return nil, errors.New("state resolution gave an empty state")
+	}
+	return resolved, nil
+}
+
+// authChain loads the auth chain of the states' events (the events
+// themselves included, as GMSL's resolution expects every event whose auth
+// events it walks), and which of the chain's events were rejected.
+func (s *Service) authChain(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, sets [][]gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, map[string]bool, error) {
+	have := map[string]gomatrixserverlib.PDU{}
+	var next []string
+	queue := func(ids []string) {
+		for _, id := range ids {
+			if _, ok := have[id]; !ok {
+				have[id] = nil
+				next = append(next, id)
+			}
+		}
+	}
+	for _, set := range sets {
+		for _, ev := range set {
+			if _, ok := have[ev.EventID()]; !ok || have[ev.EventID()] == nil {
+				have[ev.EventID()] = ev
+			}
+		}
+	}
+	for _, set := range sets {
+		for _, ev := range set {
+			queue(ev.AuthEventIDs())
+		}
+	}
+	for len(next) > 0 {
+		if len(have) > maxAuthChain {
+			return nil, nil, fmt.Errorf("the auth chain has more than %d events", maxAuthChain)
+		}
+		batch := next
+		next = nil
+		evs, err := s.store.EventsByID(ctx, batch)
+		if err != nil {
+			return nil, nil, err
+		}
+		pdus, err := toPDUs(verImpl, evs)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range pdus {
+			have[p.EventID()] = p
+			queue(p.AuthEventIDs())
+		}
+	}
+	chain := make([]gomatrixserverlib.PDU, 0, len(have))
+	ids := make([]string, 0, len(have))
+	for id, p := range have {
+		if p != nil { // auth events this server does not have are left out
+			chain = append(chain, p)
+			ids = append(ids, id)
+		}
+	}
+	rejected, err := s.store.RejectedEvents(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	return chain, rejected, nil
+}
+
+// authEventsOf is the part of a state the auth rules read for ev.
+func authEventsOf(ev gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (*gomatrixserverlib.AuthEvents, error) {
+	needed := map[stateTuple]bool{}
+	for _, t := range gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples() {
+		needed[stateTuple{t.EventType, t.StateKey}] = true
+	}
+	ae, _ := gomatrixserverlib.NewAuthEvents(nil)
+	for _, p := range state {
+		if p.StateKey() == nil || !needed[stateTuple{p.Type(), *p.StateKey()}] {
+			continue
+		}
+		if err := ae.AddEvent(p); err != nil {
+			return nil, err
+		}
+	}
+	return ae, nil
+}
