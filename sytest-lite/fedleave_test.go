@@ -73,13 +73,14 @@ func TestFederationLeave(t *testing.T) {
 			}
 		})
 
-		t.Run("a v12 room of org-a is joined from org-b through server_name", func(t *testing.T) {
+		t.Run("a v12 room of org-a is joined from org-b through via and server_name, past an unreachable server", func(t *testing.T) {
 			v12 := alice.CreateRoom(t, map[string]any{"preset": "public_chat", "room_version": "12"})
 			if strings.Contains(v12, ":") {
 				t.Fatalf("v12 room id %s names a server", v12)
 			}
 			bob.MustFail(t, http.MethodPost, "/_matrix/client/v3/join/"+url.PathEscape(v12), map[string]any{}, http.StatusNotFound, "M_NOT_FOUND")
-			res := bob.MustDo(t, http.MethodPost, "/_matrix/client/v3/join/"+url.PathEscape(v12)+"?server_name="+url.QueryEscape(p.a.ServerName),
+			// via is tried first: 127.0.0.1:1 refuses connections.
+			res := bob.MustDo(t, http.MethodPost, "/_matrix/client/v3/join/"+url.PathEscape(v12)+"?via=127.0.0.1:1&server_name="+url.QueryEscape(p.a.ServerName),
 				map[string]any{}, http.StatusOK)
 			if res.Get("room_id").String() != v12 {
 				t.Fatalf("joined %s", res.Raw)
@@ -87,6 +88,14 @@ func TestFederationLeave(t *testing.T) {
 			alice.SyncUntil(t, "", "", func(s gjson.Result) bool { return memberIs(s, "join", v12, bob.UserID, "join") })
 			alice.SendText(t, v12, "hello v12")
 			bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, v12, "", "hello v12") })
+		})
+
+		t.Run("a user of org-b invited to a v12 room of org-a joins it through the inviter's server", func(t *testing.T) {
+			v12 := alice.CreateRoom(t, map[string]any{"preset": "private_chat", "room_version": "12"})
+			alice.Invite(t, v12, bob.UserID)
+			bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return s.Get("rooms.invite." + gjson.Escape(v12)).Exists() })
+			bob.MustDo(t, http.MethodPost, "/_matrix/client/v3/rooms/"+url.PathEscape(v12)+"/join", map[string]any{}, http.StatusOK)
+			alice.SyncUntil(t, "", "", func(s gjson.Result) bool { return memberIs(s, "join", v12, bob.UserID, "join") })
 		})
 
 		dest := spec.ServerName(p.a.ServerName)
