@@ -1,20 +1,16 @@
 package sytest
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -81,25 +77,6 @@ func startFederation(t *testing.T, b Backend, names ...string) federation {
 func (f federation) fedGet(t *testing.T, n *Node, path string) (int, gjson.Result) {
 	t.Helper()
 	return fedPair{ca: f.ca}.fedDo(t, n, unsignedFedRequest(t, n, http.MethodGet, path, nil))
-}
-
-// waitFor polls cond until it holds, failing after 45 s with cond's last
-// explanation. It waits on a condition other processes bring about (a
-// transaction arriving, state resolving), so a short pause between polls
-// is the probe interval, not an assertion.
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 45s: %s", what, why)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // member is a user of one node in a scenario, with their sync position.
@@ -192,94 +169,6 @@ func syncUntilFor(t *testing.T, c *Client, since string, d time.Duration, check 
 			t.Fatalf("sync of %s: condition not met within %s: %s", c.UserID, d, missing())
 		}
 	}
-}
-
-// rawDo is Client.Do for goroutines: it returns transport errors instead of
-// failing the test.
-func rawDo(c *Client, method, path string, body any) (int, []byte, error) {
-	raw, err := json.Marshal(body)
-	if err != nil {
-		return 0, nil, err
-	}
-	req, err := http.NewRequest(method, c.Node.URL+path, bytes.NewReader(raw))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+c.AccessToken)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, out, err
-}
-
-// concurrently runs the requests at the same moment and fails unless each
-// answers 200.
-func concurrently(t *testing.T, reqs ...func() (int, []byte, error)) {
-	t.Helper()
-	type result struct {
-		status int
-		body   []byte
-		err    error
-	}
-	results := make([]result, len(reqs))
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i, req := range reqs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			results[i].status, results[i].body, results[i].err = req()
-		}()
-	}
-	close(start)
-	wg.Wait()
-	for i, r := range results {
-		if r.err != nil || r.status != http.StatusOK {
-			t.Fatalf("concurrent request %d: HTTP %d %s %v", i, r.status, r.body, r.err)
-		}
-	}
-}
-
-// currentState is a room's current state as a user's node reports it
-// (GET /rooms/{id}/state): "type|state_key" → event ID and content.
-func currentState(t *testing.T, c *Client, roomID string) map[string]string {
-	t.Helper()
-	body := c.MustDo(t, http.MethodGet, roomPath(roomID, "state"), nil, http.StatusOK)
-	out := map[string]string{}
-	for _, ev := range body.Array() {
-		out[ev.Get("type").String()+"|"+ev.Get("state_key").String()] = ev.Get("event_id").String() + " " + ev.Get("content").Raw
-	}
-	return out
-}
-
-// converged tells whether every member's node reports the same current
-// state, and if not, where they differ.
-func converged(t *testing.T, roomID string, members []*member) (bool, map[string]string, string) {
-	t.Helper()
-	first := currentState(t, members[0].c, roomID)
-	var diffs []string
-	for _, m := range members[1:] {
-		other := currentState(t, m.c, roomID)
-		keys := map[string]bool{}
-		for k := range first {
-			keys[k] = true
-		}
-		for k := range other {
-			keys[k] = true
-		}
-		for k := range keys {
-			if first[k] != other[k] {
-				diffs = append(diffs, fmt.Sprintf("%s: %s has %q, %s has %q", k, members[0].name, first[k], m.name, other[k]))
-			}
-		}
-	}
-	sort.Strings(diffs)
-	return len(diffs) == 0, first, strings.Join(diffs, "\n")
 }
 
 // threeNodes starts org-a, org-b and org-c with one user each.
