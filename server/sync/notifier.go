@@ -1,9 +1,6 @@
 package sync
 
-import (
-	stdsync "sync"
-	"sync/atomic"
-)
+import stdsync "sync"
 
 // Notifier wakes long-polling /sync requests when something they care about
 // commits. It is in memory only: the database is the source of truth, so a
@@ -19,11 +16,6 @@ import (
 type Notifier struct {
 	mu      stdsync.Mutex
 	waiters map[string]*waiter
-	// wakes counts Wake calls (whoever they wake). Every commit that moves
-	// a stream is followed by a Wake, so stream positions read after
-	// reading wakes are current until it moves again: the sync service
-	// keeps them in memory on that condition.
-	wakes atomic.Uint64
 }
 
 // waiter is the channel all current listeners of one user share; Wake
@@ -39,7 +31,6 @@ func NewNotifier() *Notifier { return &Notifier{waiters: map[string]*waiter{}} }
 // Wake tells the notifier that these users have something new: every
 // channel Listen gave out for them is closed.
 func (n *Notifier) Wake(userIDs ...string) {
-	n.wakes.Add(1)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, u := range userIDs {
@@ -74,9 +65,6 @@ func (n *Notifier) Listen(userID string) (<-chan struct{}, func()) {
 		})
 	}
 }
-
-// generation is the number of Wake calls so far.
-func (n *Notifier) generation() uint64 { return n.wakes.Load() }
 
 // listeners counts the users with someone waiting (for tests).
 func (n *Notifier) listeners() int {

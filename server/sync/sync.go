@@ -25,10 +25,6 @@ type Service struct {
 	log         logrus.FieldLogger
 	backfill    Backfiller // WithBackfill (backfill.go)
 
-	// pos is the last stream positions read, valid while no Wake has
-	// happened since (see positions).
-	posMu stdsync.Mutex
-	pos   cachedPositions
 	// tdAcked is, per user and device, the to-device position last passed
 	// as from to ToDeviceSince (everything at or below it is deleted):
 	// while the stream has not moved past it, there is nothing to read or
@@ -36,18 +32,6 @@ type Service struct {
 	tdMu    stdsync.Mutex
 	tdAcked map[[2]string]int64
 }
-
-type cachedPositions struct {
-	ok  bool
-	gen uint64 // notifier generation read before the positions
-	at  time.Time
-	tok Token
-}
-
-// positionsTTL bounds how long positions stay in memory without a Wake:
-// a write that wakes no one (another process on the same database, such as
-// trustcase admin) is seen within it.
-const positionsTTL = time.Second
 
 // New builds the sync service around its notifier. accountData and e2ee may
 // be nil: their sections are then present and empty.
@@ -202,7 +186,7 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 			// until something commits: wait for the wake first (a fan-out
 			// would otherwise build every listener's empty answer twice).
 			waitFirst = false
-			to, err := s.positions(ctx, &since)
+			to, err := s.positions(ctx)
 			if err != nil {
 				release()
 				return nil, err
@@ -256,44 +240,8 @@ func (s *Service) finalBuild(ctx context.Context, req Request, since Token, f *F
 	return resp, err
 }
 
-// positions returns the current end of every stream. They are read from
-// the database only when a Wake has happened since the last read (every
-// commit that moves a stream is followed by one), the last read is older
-// than positionsTTL, or since (when given) is ahead of them; the caller
-// must have taken its Listen channel before calling, so a commit whose
-// Wake comes after this returns still wakes it.
-func (s *Service) positions(ctx context.Context, since *Token) (Token, error) {
-	gen := s.notifier.generation()
-	s.posMu.Lock()
-	c := s.pos
-	s.posMu.Unlock()
-	if c.ok && c.gen == gen && time.Since(c.at) < positionsTTL && (since == nil || since.notAfter(c.tok)) {
-		return c.tok, nil
-	}
-	at := time.Now()
-	t, err := s.readPositions(ctx)
-	if err != nil {
-		return t, err
-	}
-	s.posMu.Lock()
-	switch {
-	case !s.pos.ok || gen > s.pos.gen:
-		s.pos = cachedPositions{ok: true, gen: gen, at: at, tok: t}
-	case gen == s.pos.gen:
-		// Two reads under one generation: a commit whose Wake has not come
-		// yet may be in one of them. Positions only grow, so keep the
-		// larger of each, and never hand out a position older than a token
-		// already answered.
-		s.pos.tok = s.pos.tok.max(t)
-		s.pos.at = at
-		t = s.pos.tok
-	}
-	s.posMu.Unlock()
-	return t, nil
-}
-
-// readPositions reads the current end of every stream.
-func (s *Service) readPositions(ctx context.Context) (Token, error) {
+// positions reads the current end of every stream.
+func (s *Service) positions(ctx context.Context) (Token, error) {
 	var t Token
 	var err error
 	if t.Timeline, err = s.store.TimelinePosition(ctx); err != nil {
@@ -331,11 +279,7 @@ type roomState struct {
 // build assembles one response for (since, now]; empty tells whether there
 // was nothing new for an incremental sync.
 func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter) (*Response, bool, error) {
-	var sincePtr *Token
-	if req.Since != "" {
-		sincePtr = &since
-	}
-	to, err := s.positions(ctx, sincePtr)
+	to, err := s.positions(ctx)
 	if err != nil {
 		return nil, false, err
 	}

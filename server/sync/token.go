@@ -73,15 +73,3 @@ func parsePageToken(param, s string) (int64, error) {
 	}
 	return 0, mxerr.InvalidParam("%s: %q is not a pagination token from this server", param, s)
 }
-
-// notAfter tells whether every position of t is at or before o's.
-func (t Token) notAfter(o Token) bool {
-	return t.Timeline <= o.Timeline && t.AccountData <= o.AccountData && t.Ephemeral <= o.Ephemeral &&
-		t.ToDevice <= o.ToDevice && t.DeviceLists <= o.DeviceLists
-}
-
-// max is the larger of each position of t and o.
-func (t Token) max(o Token) Token {
-	return Token{max(t.Timeline, o.Timeline), max(t.AccountData, o.AccountData), max(t.Ephemeral, o.Ephemeral),
-		max(t.ToDevice, o.ToDevice), max(t.DeviceLists, o.DeviceLists)}
-}
