@@ -3,16 +3,21 @@ package rooms_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	gosync "sync"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/sjson"
 
 	"github.com/trustcase/node/server/rooms"
+	"github.com/trustcase/node/server/signing"
 	"github.com/trustcase/node/storage"
 )
 
@@ -326,3 +331,155 @@ func gmslResolve(t *testing.T, e *env, roomID string, x, y string) map[string]st
 	}
 	return out
 }
+
+// buildAs builds an event of signer's server with these prev_events (nil:
+// e's extremities), on e's state after the first of them (its current
+// state for nil).
+func buildAs(t *testing.T, e *env, signer signing.Key, roomID, sender, typ string, stateKey *string, content string, prev []string) []byte {
+	t.Helper()
+	ctx := context.Background()
+	version := must[string](t)(e.store.Rooms().RoomVersion(ctx, roomID))
+	verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)))
+	state, _ := gomatrixserverlib.NewAuthEvents(nil)
+	stateEvs := must[[]storage.Event](t)(e.store.Rooms().CurrentState(ctx, roomID))
+	if len(prev) > 0 {
+		if after, err := e.store.Rooms().StateAfter(ctx, prev[0]); err == nil {
+			stateEvs = after
+		}
+	}
+	for _, ev := range stateEvs {
+		if err := state.AddEvent(must[gomatrixserverlib.PDU](t)(verImpl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, ev.ContentPurged))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ext, depth, err := e.store.Rooms().ForwardExtremities(ctx, roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prev == nil {
+		prev = ext
+	}
+	eb := verImpl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+		SenderID: sender, RoomID: roomID, Type: typ, StateKey: stateKey,
+		PrevEvents: prev, Depth: depth + 1, Content: []byte(content),
+	})
+	if err := eb.AddAuthEvents(state); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := eb.Build(time.Now(), signer.ServerName, signer.KeyID, signer.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev.JSON()
+}
+
+func TestFederationRejectionAndSoftFail(t *testing.T) {
+	ctx := context.Background()
+	a, b, _, alice, bob, roomID := twoServers(t)
+	rv := gomatrixserverlib.RoomVersion(must[string](t)(a.store.Rooms().RoomVersion(ctx, roomID)))
+	inbox := a.rooms.Inbox()
+	id := func(raw []byte) string { return eventID(t, string(rv), raw) }
+
+	t.Run("an event its auth events forbid is rejected and a later event on top of it is still taken", func(t *testing.T) {
+		ext := a.extremities(t, roomID)
+		before := a.stateIDs(t, roomID)
+		// bob (level 50) may not change the power levels (level 100)
+		bad := buildAs(t, a, b.key, roomID, bob, "m.room.power_levels", strPtr(""), `{"users":{"`+bob+`":100}}`, nil)
+		err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, bad)
+		if err == nil || !strings.Contains(err.Error(), "rejected") {
+			t.Fatalf("got %v, want a rejection", err)
+		}
+		if ev, err := a.store.Rooms().Event(ctx, id(bad)); err != nil || !ev.Rejected {
+			t.Fatalf("the rejected event is not kept as rejected (%v)", err)
+		}
+		if fmt.Sprint(a.stateIDs(t, roomID)) != fmt.Sprint(before) {
+			t.Fatal("a rejected event changed the state")
+		}
+		if got := a.extremities(t, roomID); fmt.Sprint(got) != fmt.Sprint(ext) {
+			t.Fatalf("extremities %v, want %v", got, ext)
+		}
+		if has(a.timeline(t, roomID), id(bad)) {
+			t.Fatal("a rejected event is in the timeline")
+		}
+		after := buildAs(t, a, b.key, roomID, bob, "m.room.message", nil, `{"body":"on top"}`, []string{id(bad)})
+		if err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, after); err != nil {
+			t.Fatalf("the event after a rejected one was refused: %v", err)
+		}
+		if !has(a.timeline(t, roomID), id(after)) {
+			t.Fatal("the event after a rejected one is not in the timeline")
+		}
+		if fmt.Sprint(a.stateIDs(t, roomID)) != fmt.Sprint(before) {
+			t.Fatal("the state changed")
+		}
+	})
+
+	t.Run("an event the current state forbids but the state before it allows is soft-failed", func(t *testing.T) {
+		// b does not hear of the ban in time and bob speaks on the state
+		// before it.
+		fork := a.extremities(t, roomID)
+		ban := must[string](t)(func() (string, error) {
+			if err := a.rooms.Ban(ctx, alice, roomID, bob, "spam"); err != nil {
+				return "", err
+			}
+			return a.extremities(t, roomID)[0], nil
+		}())
+		late := buildAs(t, a, b.key, roomID, bob, "m.room.message", nil, `{"body":"late"}`, fork)
+		if err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, late); err != nil {
+			t.Fatalf("a soft-failed event is answered as an error: %v", err)
+		}
+		ev, err := a.store.Rooms().Event(ctx, id(late))
+		if err != nil {
+			t.Fatalf("the soft-failed event is not stored: %v", err)
+		}
+		if has(a.timeline(t, roomID), ev.EventID) {
+			t.Fatal("a soft-failed event is in the timeline")
+		}
+		if ext := a.extremities(t, roomID); len(ext) != 1 || ext[0] != ban {
+			t.Fatalf("extremities %v, want [%s] (the ban only)", ext, ban)
+		}
+		if rej := must[map[string]bool](t)(a.store.Rooms().RejectedEvents(ctx, []string{ev.EventID})); rej[ev.EventID] {
+			t.Fatal("a soft-failed event counts as rejected")
+		}
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, roomID, bob)); m != "ban" {
+			t.Fatalf("bob is %q", m)
+		}
+	})
+
+	t.Run("bad input is refused with its reason and nothing is stored", func(t *testing.T) {
+		for _, c := range []struct {
+			name, want string
+			raw        []byte
+		}{
+			{"a prev event the origin cannot give", "unknown here",
+				buildAs(t, a, b.key, roomID, bob, "m.room.message", nil, `{"body":"x"}`, []string{"$nope"})},
+			{"more unknown prev events than are fetched", "6 prev_events are unknown here",
+				buildAs(t, a, b.key, roomID, bob, "m.room.message", nil, `{"body":"x"}`, []string{"$n1", "$n2", "$n3", "$n4", "$n5", "$n6"})},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, c.raw)
+				if err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("got %v, want a refusal naming %q", err, c.want)
+				}
+				if _, err := a.store.Rooms().Event(ctx, id(c.raw)); !errors.Is(err, storage.ErrNotFound) {
+					t.Fatalf("stored (%v)", err)
+				}
+			})
+		}
+		t.Run("an unknown auth event", func(t *testing.T) {
+			raw := buildAs(t, a, b.key, roomID, bob, "m.room.message", nil, `{"body":"x"}`, nil)
+			raw = must[[]byte](t)(sjson.SetBytes(raw, "auth_events.0", "$unknown-auth"))
+			// re-sign: the edit broke the hash and signature
+			verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(rv))
+			var proto gomatrixserverlib.ProtoEvent
+			if err := json.Unmarshal(raw, &proto); err != nil {
+				t.Fatal(err)
+			}
+			ev := must[gomatrixserverlib.PDU](t)(verImpl.NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), b.key.ServerName, b.key.KeyID, b.key.Private))
+			err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, ev.JSON())
+			if err == nil || !strings.Contains(err.Error(), "auth event") {
+				t.Fatalf("got %v, want a refusal naming the auth event", err)
+			}
+		})
+	})
+}
+func strPtr(s string) *string { return &s }
