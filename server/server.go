@@ -162,7 +162,7 @@ func (n *Node) Run(ctx context.Context) error {
 		"m.receipt": n.AccountData.ReceiptEDU(),
 
 		"m.device_list_update": n.Keys.DeviceListEDU(),
-		"m.signing_key_update": n.Keys.DeviceListEDU(),
+		"m.signing_key_update": n.Keys.SigningKeyEDU(),
 	}
 	queueCtx, stopQueue := context.WithCancel(ctx)
 	defer func() { stopQueue(); n.Federation.Wait() }()

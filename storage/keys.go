@@ -79,6 +79,44 @@ type BackupKey struct {
 	SessionData       json.RawMessage
 }
 
+// RemoteDeviceList is the cached device list of a remote user.
+type RemoteDeviceList struct {
+	UserID string
+	// StreamID is the user's server's stream_id of the last update applied.
+	StreamID int64
+	// Devices by device ID.
+	Devices map[string]RemoteDevice
+	// MasterKey and SelfSigningKey are nil when the user has none.
+	MasterKey, SelfSigningKey json.RawMessage
+}
+
+// RemoteDevice is one device of a cached remote device list.
+type RemoteDevice struct {
+	Keys        json.RawMessage
+	DisplayName string
+}
+
+// RemoteDeviceUpdate is one m.device_list_update to apply to a cached list.
+type RemoteDeviceUpdate struct {
+	UserID, DeviceID string
+	StreamID         int64
+	PrevIDs          []int64
+	Deleted          bool
+	Keys             json.RawMessage // nil: the device's keys are not in the update
+	DisplayName      string
+}
+
+// Outcomes of ApplyRemoteDeviceUpdate.
+const (
+	// RemoteUpdateApplied: the cached list was updated (or already had it).
+	RemoteUpdateApplied = iota
+	// RemoteUpdateNotCached: no list is cached for the user.
+	RemoteUpdateNotCached
+	// RemoteUpdateGap: the update refers to updates the cache has not seen;
+	// the cached list was dropped.
+	RemoteUpdateGap
+)
+
 // KeyStore keeps the E2EE keys, to-device queues and key backups.
 type KeyStore interface {
 	// UploadKeys stores, in one transaction, a device's identity keys (when
@@ -140,6 +178,27 @@ type KeyStore interface {
 	// newest first, at most limit (the stream_id and prev_id of the
 	// m.device_list_update EDUs we send).
 	DeviceListStreamIDs(ctx context.Context, userID string, limit int) ([]int64, error)
+	// RemoteDeviceLists returns the cached device lists of the users that
+	// have one still current: a list fetched before an m.room.member event
+	// (not an outlier) in a room where the user has a membership is left
+	// out, as its server may have stopped sending us updates meanwhile.
+	RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]RemoteDeviceList, error)
+	// CacheRemoteDeviceList stores (replaces) a user's cached device list,
+	// unless the user's latest device-list position is no longer
+	// ifLatestPos (an update arrived meanwhile; then stored is false).
+	CacheRemoteDeviceList(ctx context.Context, list RemoteDeviceList, ifLatestPos int64) (stored bool, err error)
+	// ApplyRemoteDeviceUpdate applies an m.device_list_update to the user's
+	// cached list in one transaction: applied when every prev_id is the
+	// cached stream_id (or the update is not newer than it), else the list
+	// is dropped (RemoteUpdateGap). Unless nothing is cached, it adds a
+	// device-list change for the user. Returns a RemoteUpdate* outcome.
+	ApplyRemoteDeviceUpdate(ctx context.Context, u RemoteDeviceUpdate) (int, error)
+	// UpdateRemoteSigningKeys replaces the given (non-nil) cross-signing
+	// keys of a cached list and adds a device-list change for the user;
+	// cached is false (and nothing changed) when no list is cached.
+	UpdateRemoteSigningKeys(ctx context.Context, userID string, master, selfSigning json.RawMessage) (cached bool, err error)
+	// DropRemoteDeviceList forgets a user's cached list (if any).
+	DropRemoteDeviceList(ctx context.Context, userID string) error
 	// RoomPeers returns the users joined to a room userID is joined to,
 	// userID included.
 	RoomPeers(ctx context.Context, userID string) ([]string, error)

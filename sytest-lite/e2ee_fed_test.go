@@ -297,6 +297,27 @@ func TestFederatedE2EE(t *testing.T) {
 			}
 		})
 
+		t.Run("org-a serves org-b's user's keys from its cache while org-b is down", func(t *testing.T) {
+			if bob2C == nil {
+				t.Fatal("the earlier scenario did not log in bob's new device")
+			}
+			query := func(timeoutMS int) gjson.Result {
+				return aliceC.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{
+					"device_keys": map[string]any{bobC.UserID: []string{}}, "timeout": timeoutMS,
+				}, http.StatusOK)
+			}
+			// The device list is (re)fetched and cached while org-b is up.
+			if q := query(5000); !q.Get("device_keys." + gjson.Escape(bobC.UserID) + "." + gjson.Escape(bob2C.DeviceID)).Exists() {
+				t.Fatalf("keys of bob's device with org-b up: %s", q.Raw)
+			}
+			p.b.Stop(t)
+			q := query(2000)
+			p.b.Start(t)
+			if !q.Get("device_keys."+gjson.Escape(bobC.UserID)+"."+gjson.Escape(bob2C.DeviceID)).Exists() || len(q.Get("failures").Map()) != 0 {
+				t.Fatalf("keys of bob's device with org-b down: %s", q.Raw)
+			}
+		})
+
 		t.Run("nothing anyone said is stored in plaintext on either node", func(t *testing.T) {
 			assertNoPlaintext(t, p.a, []string{string(room), aliceC.UserID}, texts...)
 			assertNoPlaintext(t, p.b, []string{string(room), bobC.UserID}, texts...)

@@ -17,13 +17,14 @@ import (
 
 // Keys over federation.
 //
-// Remote users' device lists are NOT cached: /keys/query and /keys/claim
-// for a remote user always ask the user's server (in parallel, bounded by
-// the request's timeout). Inbound m.device_list_update and
-// m.signing_key_update EDUs therefore only record that the user's list
-// changed (so local users sharing a room see the user in
-// device_lists.changed and query again); their stream_id / prev_id need no
-// gap detection, as there is no cached copy to fall behind.
+// Remote users' device lists are cached for users sharing a room with a
+// local user (only they get updates from their server): filled from GET
+// /user/devices when first needed, kept current by m.device_list_update
+// (stream_id / prev_id) and m.signing_key_update EDUs. An update that does
+// not follow the cached stream_id drops the cached list, and the next
+// /keys/query re-syncs it through /user/devices (lazily: the update also
+// puts the user in device_lists.changed, so clients ask at once). Users
+// sharing no room are always asked of their server (/user/keys/query).
 
 // DefaultRemoteTimeout bounds how long /keys/query and /keys/claim wait for
 // other servers when the request names no timeout.
@@ -38,6 +39,7 @@ const deviceListStreamIDs = 2
 type RemoteKeys interface {
 	QueryKeys(ctx context.Context, server string, deviceKeys map[string][]string) (json.RawMessage, error)
 	ClaimKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (json.RawMessage, error)
+	UserDevices(ctx context.Context, server, userID string) (json.RawMessage, error)
 }
 
 // EDUQueue persists EDUs for other servers (federation.Queue implements it).
@@ -105,10 +107,14 @@ func ownerOf(js json.RawMessage) keyOwner {
 	return o
 }
 
-// queryRemote asks each server in remote (server → user → devices) for its
-// users' keys, in parallel. The returned wait blocks until every server
-// answered, failed or timed out, then merges the answers into resp; the
-// caller may fill resp with local keys before calling it.
+// queryRemote answers for remote users (remote: server → user → devices):
+// from the cached device list of a user sharing a room with a local user;
+// else, for such a user, from its server's GET /user/devices, which is then
+// cached; else (a user sharing no room, whose list could not be kept
+// current) from its server's POST /user/keys/query. The servers are asked
+// in parallel. The returned wait blocks until every server answered,
+// failed or timed out, then merges the answers into resp; the caller may
+// fill resp with local keys before calling it.
 func (s *Service) queryRemote(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, resp *QueryResponse) (wait func()) {
 	if len(remote) == 0 {
 		return func() {}
@@ -122,37 +128,217 @@ func (s *Service) queryRemote(ctx context.Context, remote map[string]map[string]
 	if timeout <= 0 {
 		timeout = DefaultRemoteTimeout
 	}
+	var jobs []remoteJob
+	for server, users := range remote {
+		batch := map[string][]string{}
+		for u, devs := range users {
+			switch list, cacheable := s.cachedDeviceList(ctx, u); {
+			case list != nil:
+				fillFromList(resp, *list, devs)
+			case cacheable:
+				jobs = append(jobs, s.resyncJob(server, u, devs))
+			default:
+				batch[u] = devs
+			}
+		}
+		if len(batch) > 0 {
+			jobs = append(jobs, s.keysQueryJob(server, batch))
+		}
+	}
+	return s.runRemote(ctx, jobs, timeout, "query", resp.Failures, func(apply func(any)) { apply(resp) })
+}
+
+// remoteJob asks one server something; run returns how to merge the answer.
+type remoteJob struct {
+	server string
+	run    func(ctx context.Context) (func(any), error)
+}
+
+// runRemote runs the jobs in parallel within timeout; the returned wait
+// collects them, listing failed servers in failures and merging the others
+// through merge (in the caller's goroutine).
+func (s *Service) runRemote(ctx context.Context, jobs []remoteJob, timeout time.Duration, what string, failures map[string]json.RawMessage, merge func(func(any))) (wait func()) {
+	if len(jobs) == 0 {
+		return func() {}
+	}
 	type result struct {
 		server string
-		ans    remoteQueryAnswer
+		apply  func(any)
 		err    error
 	}
-	qctx, cancel := context.WithTimeout(ctx, timeout)
-	results := make(chan result, len(remote))
-	for server, users := range remote {
+	jctx, cancel := context.WithTimeout(ctx, timeout)
+	results := make(chan result, len(jobs))
+	for _, j := range jobs {
 		go func() {
-			raw, err := s.fed.remote.QueryKeys(qctx, server, users)
-			var ans remoteQueryAnswer
-			if err == nil {
-				if uerr := json.Unmarshal(raw, &ans); uerr != nil {
-					err = fmt.Errorf("%w: %v", errBadAnswer, uerr)
-				}
-			}
-			results <- result{server, ans, err}
+			apply, err := j.run(jctx)
+			results <- result{j.server, apply, err}
 		}()
 	}
 	return func() {
 		defer cancel()
-		for range remote {
+		var applies []func(any)
+		for range jobs {
 			r := <-results
 			if r.err != nil {
-				s.log.WithField("server", r.server).WithError(r.err).Info("keys: remote key query failed")
-				resp.Failures[r.server] = remoteFailure(r.server, r.err)
+				s.log.WithField("server", r.server).WithError(r.err).Info("keys: remote key " + what + " failed")
+				failures[r.server] = remoteFailure(r.server, r.err)
 				continue
 			}
-			asked := remote[r.server]
-			for u, devs := range r.ans.DeviceKeys {
-				if _, ok := asked[u]; !ok {
+			applies = append(applies, r.apply)
+		}
+		for _, apply := range applies {
+			merge(apply)
+		}
+	}
+}
+
+// cachedDeviceList returns the user's cached device list when it may be
+// used, and tells whether the user's list can be cached at all: only for
+// users sharing a room with a local user, as only they get updates. A
+// list cached for a user who no longer shares a room is dropped.
+func (s *Service) cachedDeviceList(ctx context.Context, userID string) (*storage.RemoteDeviceList, bool) {
+	shares, err := s.sharesRoomWithLocal(ctx, userID)
+	if err != nil {
+		s.log.WithError(err).Warn("keys: checking a remote user's rooms")
+		return nil, false
+	}
+	lists, err := s.store.RemoteDeviceLists(ctx, []string{userID})
+	if err != nil {
+		s.log.WithError(err).Warn("keys: reading a cached device list")
+		return nil, false
+	}
+	list, ok := lists[userID]
+	if ok && !shares {
+		if err := s.store.DropRemoteDeviceList(ctx, userID); err != nil {
+			s.log.WithError(err).Warn("keys: dropping a cached device list")
+		}
+		return nil, false
+	}
+	if ok {
+		return &list, true
+	}
+	return nil, shares
+}
+
+// sharesRoomWithLocal tells whether a local user is joined to a room userID is in.
+func (s *Service) sharesRoomWithLocal(ctx context.Context, userID string) (bool, error) {
+	peers, err := s.store.RoomPeers(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range peers {
+		if s.localUser(p) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// fillFromList puts a cached (or just fetched) device list into resp,
+// only the wanted devices when devs is not empty.
+func fillFromList(resp *QueryResponse, l storage.RemoteDeviceList, devs []string) {
+	wanted := map[string]bool{}
+	for _, d := range devs {
+		wanted[d] = true
+	}
+	out := map[string]json.RawMessage{}
+	for d, dev := range l.Devices {
+		if len(wanted) > 0 && !wanted[d] {
+			continue
+		}
+		js := dev.Keys
+		if dev.DisplayName != "" {
+			js = withUnsigned(js, map[string]any{"device_display_name": dev.DisplayName})
+		}
+		out[d] = js
+	}
+	resp.DeviceKeys[l.UserID] = out
+	if l.MasterKey != nil {
+		resp.MasterKeys[l.UserID] = l.MasterKey
+	}
+	if l.SelfSigningKey != nil {
+		resp.SelfSigningKeys[l.UserID] = l.SelfSigningKey
+	}
+}
+
+// resyncJob fetches a user's device list from its server (GET
+// /user/devices), caches it unless an update arrived meanwhile, and
+// answers from it.
+func (s *Service) resyncJob(server, userID string, devs []string) remoteJob {
+	return remoteJob{server: server, run: func(ctx context.Context) (func(any), error) {
+		ids, err := s.store.DeviceListStreamIDs(ctx, userID, 1)
+		if err != nil {
+			return nil, err
+		}
+		var before int64
+		if len(ids) > 0 {
+			before = ids[0]
+		}
+		raw, err := s.fed.remote.UserDevices(ctx, server, userID)
+		if err != nil {
+			return nil, err
+		}
+		list, err := parseUserDevices(raw, userID)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.store.CacheRemoteDeviceList(ctx, list, before); err != nil {
+			s.log.WithError(err).Warn("keys: caching a device list")
+		}
+		return func(r any) { fillFromList(r.(*QueryResponse), list, devs) }, nil
+	}}
+}
+
+// parseUserDevices reads a GET /user/devices answer about userID, keeping
+// only keys that belong to the user (and device) they are listed for.
+func parseUserDevices(raw json.RawMessage, userID string) (storage.RemoteDeviceList, error) {
+	var ans struct {
+		UserID   string `json:"user_id"`
+		StreamID int64  `json:"stream_id"`
+		Devices  []struct {
+			DeviceID    string          `json:"device_id"`
+			Keys        json.RawMessage `json:"keys"`
+			DisplayName string          `json:"device_display_name"`
+		} `json:"devices"`
+		MasterKey      json.RawMessage `json:"master_key"`
+		SelfSigningKey json.RawMessage `json:"self_signing_key"`
+	}
+	if err := json.Unmarshal(raw, &ans); err != nil {
+		return storage.RemoteDeviceList{}, fmt.Errorf("%w: %v", errBadAnswer, err)
+	}
+	if ans.UserID != userID {
+		return storage.RemoteDeviceList{}, fmt.Errorf("%w: devices of %q, not %q", errBadAnswer, ans.UserID, userID)
+	}
+	l := storage.RemoteDeviceList{UserID: userID, StreamID: ans.StreamID, Devices: map[string]storage.RemoteDevice{}}
+	for _, d := range ans.Devices {
+		if o := ownerOf(d.Keys); o.UserID == userID && o.DeviceID == d.DeviceID {
+			l.Devices[d.DeviceID] = storage.RemoteDevice{Keys: d.Keys, DisplayName: d.DisplayName}
+		}
+	}
+	if !isNull(ans.MasterKey) && ownerOf(ans.MasterKey).UserID == userID {
+		l.MasterKey = ans.MasterKey
+	}
+	if !isNull(ans.SelfSigningKey) && ownerOf(ans.SelfSigningKey).UserID == userID {
+		l.SelfSigningKey = ans.SelfSigningKey
+	}
+	return l, nil
+}
+
+// keysQueryJob asks a server for its users' keys (POST /user/keys/query).
+func (s *Service) keysQueryJob(server string, users map[string][]string) remoteJob {
+	return remoteJob{server: server, run: func(ctx context.Context) (func(any), error) {
+		raw, err := s.fed.remote.QueryKeys(ctx, server, users)
+		if err != nil {
+			return nil, err
+		}
+		var ans remoteQueryAnswer
+		if err := json.Unmarshal(raw, &ans); err != nil {
+			return nil, fmt.Errorf("%w: %v", errBadAnswer, err)
+		}
+		return func(r any) {
+			resp := r.(*QueryResponse)
+			for u, devs := range ans.DeviceKeys {
+				if _, ok := users[u]; !ok {
 					continue // a server answers for the users it was asked about only
 				}
 				out := map[string]json.RawMessage{}
@@ -163,18 +349,18 @@ func (s *Service) queryRemote(ctx context.Context, remote map[string]map[string]
 				}
 				resp.DeviceKeys[u] = out
 			}
-			for u, js := range r.ans.MasterKeys {
-				if _, ok := asked[u]; ok && ownerOf(js).UserID == u {
+			for u, js := range ans.MasterKeys {
+				if _, ok := users[u]; ok && ownerOf(js).UserID == u {
 					resp.MasterKeys[u] = js
 				}
 			}
-			for u, js := range r.ans.SelfSigningKeys {
-				if _, ok := asked[u]; ok && ownerOf(js).UserID == u {
+			for u, js := range ans.SelfSigningKeys {
+				if _, ok := users[u]; ok && ownerOf(js).UserID == u {
 					resp.SelfSigningKeys[u] = js
 				}
 			}
-		}
-	}
+		}, nil
+	}}
 }
 
 // claimRemote claims keys from each server in remote (server → user →
@@ -391,38 +577,29 @@ func (s *Service) ClaimUserKeys(ctx context.Context, origin spec.ServerName, wan
 	return map[string]any{"one_time_keys": resp.OneTimeKeys}, nil
 }
 
-// DeviceListEDU receives m.device_list_update and m.signing_key_update
-// EDUs (register it for both types): accepted only for users of the
-// sending server, and only for users sharing a room with a local user.
+// DeviceListEDU receives m.device_list_update EDUs: accepted only for
+// users of the sending server sharing a room with a local user.
 func (s *Service) DeviceListEDU() DeviceListReceiver { return DeviceListReceiver{s: s} }
 
-// DeviceListReceiver is the federation EDU receiver for device-list and
-// signing-key updates.
+// SigningKeyEDU receives m.signing_key_update EDUs, accepted like DeviceListEDU's.
+func (s *Service) SigningKeyEDU() SigningKeyReceiver { return SigningKeyReceiver{s: s} }
+
+// DeviceListReceiver is the federation EDU receiver of m.device_list_update.
 type DeviceListReceiver struct{ s *Service }
 
-// ReceiveEDU implements federation.EDUReceiver. An update for a user of
-// another server than origin is refused (the error is logged by the caller).
-func (r DeviceListReceiver) ReceiveEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
-	var c struct {
-		UserID string `json:"user_id"`
-	}
-	if err := json.Unmarshal(content, &c); err != nil {
-		return fmt.Errorf("device-list update: %w", err)
-	}
-	if server := serverOf(c.UserID); server == "" || server != string(origin) {
-		return fmt.Errorf("device-list update for %q, not a user of the origin %s: ignored", c.UserID, origin)
-	}
-	return r.s.RemoteDeviceListChanged(ctx, c.UserID)
-}
+// SigningKeyReceiver is the federation EDU receiver of m.signing_key_update.
+type SigningKeyReceiver struct{ s *Service }
 
-// RemoteDeviceListChanged records that a remote user's devices or keys
-// changed and wakes the local users sharing a room with it, who see the
-// user in device_lists.changed. Users sharing no room with a local user
-// are ignored.
-func (s *Service) RemoteDeviceListChanged(ctx context.Context, userID string) error {
+// remoteUpdateUser checks an update's user_id: of the origin (else an
+// error, logged by the caller), sharing a room with a local user (else ""
+// and nil: ignored). It returns the local users to wake.
+func (s *Service) remoteUpdateUser(ctx context.Context, origin spec.ServerName, typ, userID string) ([]string, error) {
+	if server := serverOf(userID); server == "" || server != string(origin) {
+		return nil, fmt.Errorf("%s for %q, not a user of the origin %s: ignored", typ, userID, origin)
+	}
 	peers, err := s.store.RoomPeers(ctx, userID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var local []string
 	for _, p := range peers {
@@ -431,13 +608,89 @@ func (s *Service) RemoteDeviceListChanged(ctx context.Context, userID string) er
 		}
 	}
 	if len(local) == 0 {
-		s.log.WithField("user_id", userID).Debug("keys: ignored a device-list update for a user sharing no room with us")
-		return nil
+		s.log.WithField("user_id", userID).Debug("keys: ignored an update for a user sharing no room with us")
+		if err := s.store.DropRemoteDeviceList(ctx, userID); err != nil {
+			return nil, err
+		}
 	}
-	if err := s.store.AddDeviceListChange(ctx, userID); err != nil {
+	return local, nil
+}
+
+// ReceiveEDU implements federation.EDUReceiver.
+func (r DeviceListReceiver) ReceiveEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+	var c struct {
+		UserID      string          `json:"user_id"`
+		DeviceID    string          `json:"device_id"`
+		StreamID    int64           `json:"stream_id"`
+		PrevID      []int64         `json:"prev_id"`
+		Deleted     bool            `json:"deleted"`
+		Keys        json.RawMessage `json:"keys"`
+		DisplayName string          `json:"device_display_name"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return fmt.Errorf("m.device_list_update: %w", err)
+	}
+	local, err := r.s.remoteUpdateUser(ctx, origin, "m.device_list_update", c.UserID)
+	if err != nil || len(local) == 0 {
 		return err
 	}
-	s.wake(local...)
+	if c.DeviceID == "" {
+		return errors.New("m.device_list_update without device_id")
+	}
+	up := storage.RemoteDeviceUpdate{UserID: c.UserID, DeviceID: c.DeviceID, StreamID: c.StreamID, PrevIDs: c.PrevID, Deleted: c.Deleted, DisplayName: c.DisplayName}
+	if !c.Deleted && !isNull(c.Keys) {
+		if o := ownerOf(c.Keys); o.UserID != c.UserID || o.DeviceID != c.DeviceID {
+			// Keys that are not the device's: the cached list can no
+			// longer be trusted to be whole; fetch it again when needed.
+			up.PrevIDs = nil
+		} else {
+			up.Keys = c.Keys
+		}
+	}
+	outcome, err := r.s.store.ApplyRemoteDeviceUpdate(ctx, up)
+	if err != nil {
+		return err
+	}
+	if outcome == storage.RemoteUpdateNotCached {
+		if err := r.s.store.AddDeviceListChange(ctx, c.UserID); err != nil {
+			return err
+		}
+	}
+	r.s.wake(local...)
+	return nil
+}
+
+// ReceiveEDU implements federation.EDUReceiver.
+func (r SigningKeyReceiver) ReceiveEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+	var c struct {
+		UserID         string          `json:"user_id"`
+		MasterKey      json.RawMessage `json:"master_key"`
+		SelfSigningKey json.RawMessage `json:"self_signing_key"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return fmt.Errorf("m.signing_key_update: %w", err)
+	}
+	local, err := r.s.remoteUpdateUser(ctx, origin, "m.signing_key_update", c.UserID)
+	if err != nil || len(local) == 0 {
+		return err
+	}
+	var master, ssk json.RawMessage
+	if !isNull(c.MasterKey) && ownerOf(c.MasterKey).UserID == c.UserID {
+		master = c.MasterKey
+	}
+	if !isNull(c.SelfSigningKey) && ownerOf(c.SelfSigningKey).UserID == c.UserID {
+		ssk = c.SelfSigningKey
+	}
+	cached, err := r.s.store.UpdateRemoteSigningKeys(ctx, c.UserID, master, ssk)
+	if err != nil {
+		return err
+	}
+	if !cached {
+		if err := r.s.store.AddDeviceListChange(ctx, c.UserID); err != nil {
+			return err
+		}
+	}
+	r.s.wake(local...)
 	return nil
 }
 

@@ -82,6 +82,18 @@ func (p fedPeer) ClaimKeys(ctx context.Context, server string, oneTimeKeys map[s
 	return json.Marshal(ans)
 }
 
+func (p fedPeer) UserDevices(ctx context.Context, server, userID string) (json.RawMessage, error) {
+	svc, err := p.target(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	ans, err := svc.UserDevices(ctx, spec.ServerName(p.origin), userID)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(ans)
+}
+
 func (p fedPeer) EnqueueEDU(_ context.Context, destinations []string, eduType string, content any) error {
 	raw, err := json.Marshal(content)
 	if err != nil {
@@ -325,6 +337,9 @@ func TestInboundDeviceListUpdates(t *testing.T) {
 	if err := rcv.ReceiveEDU(ctx, "y", json.RawMessage(`{"user_id":"@b:z","device_id":"D","stream_id":1}`)); err == nil {
 		t.Fatal("an update for a user of another server was accepted")
 	}
+	if err := x.SigningKeyEDU().ReceiveEDU(ctx, "y", json.RawMessage(`{"user_id":"@b:z","master_key":{"user_id":"@b:z"}}`)); err == nil {
+		t.Fatal("a signing-key update for a user of another server was accepted")
+	}
 	for _, bad := range []string{`{"user_id":"not-a-user"}`, `[]`, `{}`} {
 		if err := rcv.ReceiveEDU(ctx, "y", json.RawMessage(bad)); err == nil {
 			t.Fatalf("%s was accepted", bad)
@@ -332,6 +347,9 @@ func TestInboundDeviceListUpdates(t *testing.T) {
 	}
 	// A user of the sender sharing no room with a local user: ignored.
 	if err := rcv.ReceiveEDU(ctx, "y", json.RawMessage(`{"user_id":"@b:y","device_id":"D","stream_id":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.SigningKeyEDU().ReceiveEDU(ctx, "y", json.RawMessage(`{"user_id":"@b:y","master_key":{"user_id":"@b:y"}}`)); err != nil {
 		t.Fatal(err)
 	}
 	if p1, _ := x.DeviceListPosition(ctx); p1 != p0 || len(w.woken) != 0 {

@@ -18,6 +18,8 @@ func testKeyStore(t *testing.T, open Opener) {
 	t.Run("the fallback key is handed out once one-time keys run out, and marked used", func(t *testing.T) { testKeysFallback(t, open) })
 	t.Run("changed device keys add a device-list change, the same keys do not", func(t *testing.T) { testKeysDeviceListStream(t, open) })
 	t.Run("a remote user's device-list change joins the stream; stream ids come newest first", func(t *testing.T) { testKeysRemoteDeviceList(t, open) })
+	t.Run("a remote user's cached device list follows its server's updates and is dropped on a gap", func(t *testing.T) { testKeysRemoteDeviceListCache(t, open) })
+	t.Run("a remote user's cached device list is not used after a membership change in its rooms", func(t *testing.T) { testKeysRemoteDeviceListMembership(t, open) })
 	t.Run("to-device messages are queued in order and deleted once acknowledged", func(t *testing.T) { testKeysToDevice(t, open) })
 	t.Run("a to-device txn id is used once per sending device", func(t *testing.T) { testKeysToDeviceTxn(t, open) })
 	t.Run("a full to-device queue refuses the whole send", func(t *testing.T) { testKeysToDeviceCap(t, open) })
