@@ -431,6 +431,12 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		sort.Strings(relay)
 		ne.FederateTo, ne.PDU = relay, ev.JSON()
 	}
+	if serverOf(ne.Sender) == string(s.key.ServerName) && ne.PDU == nil {
+		// An event of this server's user it does not have (lost, or made
+		// with its key elsewhere): commit sends local users' events on,
+		// and needs the signed JSON to (the others ignore a duplicate).
+		ne.PDU = ev.JSON()
+	}
 	d := &draft{s: s, verImpl: verImpl, roomID: roomID, out: []storage.NewEvent{ne}}
 	if err := d.commit(ctx); err != nil {
 		return false, err
