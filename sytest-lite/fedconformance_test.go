@@ -1,0 +1,741 @@
+package sytest
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
+
+	"github.com/trustcase/node/federation/fedtest"
+	"github.com/trustcase/node/server/signing"
+)
+
+// Federation conformance: the node seen from outside as Complement and
+// sytest's 50federation see it. Node A (org-a) is the server under test;
+// node B (org-b) is a real peer whose users join A's rooms, and the test
+// also signs raw requests and PDUs with B's key, acting as a hand-driven
+// fake of B (sytest's "outbound client"), to send what a real server would
+// not: forged, tampered, replayed and unauthorised input. Each refusal is
+// checked for the spec's status and errcode, the reason in A's log, and
+// that nothing reached clients or other servers.
+
+// fcEnv is one conformance run: the pair, B's key, and a room of A's that
+// bob of B joined.
+type fcEnv struct {
+	p          fedPair
+	fake       *Node
+	bKey, fKey signing.Key
+	dest       spec.ServerName
+	alice, bob *Client
+	fred       *Client // a user of the fake server, joined to the room
+	txn        int
+	depth      int64
+}
+
+// fcSend sends one transaction of PDUs and EDUs to A from key's server,
+// with a fresh transaction ID, and returns the 200 answer.
+func (e *fcEnv) fcSend(t *testing.T, key signing.Key, pdus []json.RawMessage, edus ...map[string]any) gjson.Result {
+	t.Helper()
+	e.txn++
+	txnID := fmt.Sprintf("fc-%d-%d", time.Now().UnixNano(), e.txn)
+	return e.fcSendTxn(t, key, txnID, pdus, edus...)
+}
+
+func (e *fcEnv) fcSendTxn(t *testing.T, key signing.Key, txnID string, pdus []json.RawMessage, edus ...map[string]any) gjson.Result {
+	t.Helper()
+	if pdus == nil {
+		pdus = []json.RawMessage{}
+	}
+	body := map[string]any{"origin": string(key.ServerName), "origin_server_ts": time.Now().UnixMilli(), "pdus": pdus}
+	if len(edus) > 0 {
+		body["edus"] = edus
+	}
+	status, res := e.p.fedDo(t, e.p.a, fedtest.SignedRequest(t, key, http.MethodPut, e.dest, "/_matrix/federation/v1/send/"+url.PathEscape(txnID), body, e.p.a.FedAddr))
+	if status != http.StatusOK {
+		t.Fatalf("PUT /send/%s: %d %s", txnID, status, res.Raw)
+	}
+	return res
+}
+
+// fcFed sends a request signed by key to A.
+func (e *fcEnv) fcFed(t *testing.T, key signing.Key, method, path string, content any) (int, gjson.Result) {
+	t.Helper()
+	return e.p.fedDo(t, e.p.a, fedtest.SignedRequest(t, key, method, e.dest, path, content, e.p.a.FedAddr))
+}
+
+// fcRoomVersion is a room's version as alice reads it from its create event.
+func (e *fcEnv) fcRoomVersion(t *testing.T, roomID string) gomatrixserverlib.RoomVersion {
+	t.Helper()
+	c := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.create", ""), nil, http.StatusOK)
+	v := c.Get("room_version").String()
+	if v == "" {
+		v = "1"
+	}
+	return gomatrixserverlib.RoomVersion(v)
+}
+
+// fcState maps "type|state_key" to the event ID of the room's current state.
+func (e *fcEnv) fcState(t *testing.T, roomID string) map[string]string {
+	t.Helper()
+	st := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state"), nil, http.StatusOK)
+	out := map[string]string{}
+	for _, ev := range st.Array() {
+		out[ev.Get("type").String()+"|"+ev.Get("state_key").String()] = ev.Get("event_id").String()
+	}
+	return out
+}
+
+// fcLatest is the most recent event of the room's timeline on A.
+func (e *fcEnv) fcLatest(t *testing.T, roomID string) string {
+	t.Helper()
+	res := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "messages")+"?dir=b&limit=1", nil, http.StatusOK)
+	id := res.Get("chunk.0.event_id").String()
+	if id == "" {
+		t.Fatalf("no latest event in %s: %s", roomID, res.Raw)
+	}
+	return id
+}
+
+// fcProto describes a PDU to build.
+type fcProto struct {
+	roomID   string
+	sender   string
+	typ      string
+	stateKey *string
+	content  any
+	prevs    []string // nil: the room's latest event on A
+	auth     []string // "type|state_key" of the auth events, looked up in state
+	state    map[string]string
+	key      *signing.Key // nil: the fake server's key
+}
+
+// fcBuild builds and signs a PDU; it returns the event ID and JSON.
+func (e *fcEnv) fcBuild(t *testing.T, p fcProto) (string, json.RawMessage) {
+	t.Helper()
+	ver := e.fcRoomVersion(t, p.roomID)
+	state := p.state
+	if state == nil {
+		state = e.fcState(t, p.roomID)
+	}
+	var authIDs []string
+	for _, k := range p.auth {
+		if k == "m.room.create|" && ver == gomatrixserverlib.RoomVersionV12 {
+			continue // v12: the room ID is the create event
+		}
+		if id := state[k]; id != "" {
+			authIDs = append(authIDs, id)
+		}
+	}
+	prevs := p.prevs
+	if prevs == nil {
+		prevs = []string{e.fcLatest(t, p.roomID)}
+	}
+	content, err := json.Marshal(p.content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.depth++
+	proto := &gomatrixserverlib.ProtoEvent{
+		SenderID: p.sender, RoomID: p.roomID, Type: p.typ, StateKey: p.stateKey,
+		PrevEvents: prevs, AuthEvents: authIDs, Depth: 10000 + e.depth, Content: content,
+	}
+	if p.typ == spec.MRoomRedaction && ver == gomatrixserverlib.RoomVersionV10 {
+		proto.Redacts = gjson.GetBytes(content, "redacts").String()
+	}
+	key := e.fKey
+	if p.key != nil {
+		key = *p.key
+	}
+	ev, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventBuilderFromProtoEvent(proto).Build(time.Now(), key.ServerName, key.KeyID, key.Private)
+	if err != nil {
+		t.Fatalf("building a %s event: %v", p.typ, err)
+	}
+	return ev.EventID(), ev.JSON()
+}
+
+// fcMessage is a PDU of fred's: an m.room.message allowed by the room.
+func (e *fcEnv) fcMessage(t *testing.T, roomID, body string) (string, json.RawMessage) {
+	t.Helper()
+	return e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+		content: map[string]any{"msgtype": "m.text", "body": body},
+		auth:    []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+}
+
+// fcResult is the /send result of one PDU: "" accepted, else the error.
+func fcResult(t *testing.T, res gjson.Result, eventID string) string {
+	t.Helper()
+	r := res.Get("pdus." + gjson.Escape(eventID))
+	if !r.Exists() {
+		t.Fatalf("the /send answer has no result for %s: %s", eventID, res.Raw)
+	}
+	return r.Get("error").String()
+}
+
+// fcRefused: the PDU's result is an error naming reason.
+func fcRefused(t *testing.T, res gjson.Result, eventID, reason string) {
+	t.Helper()
+	if got := fcResult(t, res, eventID); got == "" || !strings.Contains(got, reason) {
+		t.Fatalf("result for %s: %q; want an error naming %q (answer %s)", eventID, got, reason, res.Raw)
+	}
+}
+
+// fcLogged waits until n's log holds every fragment (the log is read from a
+// pipe, so a line may land just after the response).
+func fcLogged(t *testing.T, n *Node, fragments ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		logs, missing := n.Logs(), ""
+		for _, f := range fragments {
+			if !strings.Contains(logs, f) {
+				missing = f
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not log %q", n.ServerName, missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fcNotServed checks that A does not serve the event to B, a server in the
+// room: 404 M_NOT_FOUND.
+func (e *fcEnv) fcNotServed(t *testing.T, eventID string) {
+	t.Helper()
+	if status, body := e.fcFed(t, e.bKey, http.MethodGet, "/_matrix/federation/v1/event/"+url.PathEscape(eventID), nil); status != http.StatusNotFound || body.Get("errcode").String() != "M_NOT_FOUND" {
+		t.Fatalf("GET /_matrix/federation/v1/event of a refused event: %d %.300s, want 404 M_NOT_FOUND", status, body.Raw)
+	}
+}
+
+// fcNotStored checks that A does not show the event to alice, and that
+// alice's /sync from since up to a marker message alice sends now, and
+// /messages, never carry it.
+func (e *fcEnv) fcNotStored(t *testing.T, roomID, since, eventID string) {
+	t.Helper()
+	e.alice.MustFail(t, http.MethodGet, Path("rooms", roomID, "event", eventID), nil, http.StatusNotFound, "M_NOT_FOUND")
+	marker := e.alice.SendText(t, roomID, "marker after "+eventID)
+	e.alice.SyncUntil(t, since, "", func(s gjson.Result) bool {
+		for _, ev := range s.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events").Array() {
+			if ev.Get("event_id").String() == eventID {
+				t.Fatalf("refused event %s reached alice's /sync: %s", eventID, ev.Raw)
+			}
+		}
+		return timelineHas(s, roomID, marker, "")
+	})
+	for _, ev := range e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "messages")+"?dir=b&limit=50", nil, http.StatusOK).Get("chunk").Array() {
+		if ev.Get("event_id").String() == eventID {
+			t.Fatalf("refused event %s is in /messages", eventID)
+		}
+	}
+}
+
+// fcSince is alice's current /sync position.
+func (e *fcEnv) fcSince(t *testing.T) string {
+	t.Helper()
+	return e.alice.Sync(t, "").Get("next_batch").String()
+}
+
+// fcStartEnv starts three nodes: A under test, B a real peer, and F whose
+// key signs the hand-built PDUs (the test's fake server: a real node, so A
+// can fetch its key, but the events signed with its key are the test's, so
+// F itself never learns of them except from A). alice of A creates a room
+// with createBody, bob of B and fred of F join it, and alice sees both.
+func fcStartEnv(t *testing.T, b Backend, createBody map[string]any) (*fcEnv, string) {
+	t.Helper()
+	f := startFederation(t, b, "", "", "")
+	p := fedPair{ca: f.ca, a: f.nodes[0], b: f.nodes[1]}
+	fake := f.nodes[2]
+	e := &fcEnv{p: p, fake: fake, bKey: signingKey(t, p.b), fKey: signingKey(t, fake), dest: spec.ServerName(p.a.ServerName),
+		alice: p.a.Register(t), bob: p.b.Register(t), fred: fake.Register(t)}
+	roomID := e.alice.CreateRoom(t, createBody)
+	e.bob.Join(t, roomID)
+	e.fred.Join(t, roomID)
+	joined := map[string]bool{}
+	e.alice.SyncUntil(t, "", "", func(s gjson.Result) bool {
+		for _, ev := range s.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events").Array() {
+			if ev.Get("type").String() == "m.room.member" && ev.Get("content.membership").String() == "join" {
+				joined[ev.Get("state_key").String()] = true
+			}
+		}
+		return joined[e.bob.UserID] && joined[e.fred.UserID]
+	})
+	return e, roomID
+}
+
+func TestFederationConformanceBadInput(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		e, roomID := fcStartEnv(t, b, map[string]any{"preset": "public_chat", "name": "conformance"})
+		p, fed := e.p, "/_matrix/federation/v1/"
+
+		t.Run("PUT /send accepts an event of a member of org-b and shows it to org-a's users", func(t *testing.T) {
+			since := e.fcSince(t)
+			id, pdu := e.fcMessage(t, roomID, "hand-built hello")
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got != "" {
+				t.Fatalf("a valid event was refused: %s", got)
+			}
+			e.alice.SyncUntil(t, since, "", func(s gjson.Result) bool { return timelineHas(s, roomID, id, "") })
+		})
+
+		t.Run("PUT /send refuses an event whose content was changed after signing (content hash), logs why, stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			id, pdu := e.fcMessage(t, roomID, "original text")
+			tampered, err := sjson.SetBytes(pdu, "content.body", "tampered text")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fcRefused(t, e.fcSend(t, e.fKey, []json.RawMessage{tampered}), id, "content hash")
+			fcLogged(t, p.a, "refused an inbound event", "content hash of "+id)
+			e.fcNotStored(t, roomID, since, id)
+			e.fcNotServed(t, id)
+		})
+
+		t.Run("PUT /send refuses an event without signatures, logs why, stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			id, pdu := e.fcMessage(t, roomID, "unsigned")
+			unsigned, err := sjson.SetRawBytes(pdu, "signatures", []byte(`{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fcRefused(t, e.fcSend(t, e.fKey, []json.RawMessage{unsigned}), id, "signature")
+			fcLogged(t, p.a, "bad signature on "+id)
+			e.fcNotStored(t, roomID, since, id)
+			e.fcNotServed(t, id)
+		})
+
+		t.Run("PUT /send refuses an event claiming a sender of another server, logs why, stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			// alice's own ID, signed by org-b only: org-b speaks for a user of org-a.
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.alice.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "not really alice"},
+				auth:    []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.alice.UserID}})
+			fcRefused(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id, "signature")
+			fcLogged(t, p.a, "bad signature on "+id)
+			e.fcNotStored(t, roomID, since, id)
+			e.fcNotServed(t, id)
+		})
+
+		t.Run("PUT /send refuses a power-levels change by a member without power, logs why, state unchanged", func(t *testing.T) {
+			since := e.fcSince(t)
+			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			takeover, err := sjson.SetBytes([]byte(pl.Raw), "users."+gjson.Escape(e.fred.UserID), 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: spec.MRoomPowerLevels, stateKey: ptrTo(""),
+				content: json.RawMessage(takeover),
+				auth:    []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+			fcRefused(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id, "not allowed")
+			fcLogged(t, p.a, "refused an inbound event")
+			after := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			if after.Get("users." + gjson.Escape(e.fred.UserID)).Exists() {
+				t.Fatalf("bob's power level changed: %s", after.Raw)
+			}
+			e.fcNotStored(t, roomID, since, id)
+		})
+
+		t.Run("PUT /send refuses an event whose prev_events no server can supply, stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "orphan"},
+				prevs:   []string{"$fcNoSuchEventAnywhere000000000000000000000"},
+				auth:    []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatalf("an event with unknown prev_events was accepted")
+			}
+			fcLogged(t, p.a, "refused an inbound event")
+			e.fcNotStored(t, roomID, since, id)
+			e.fcNotServed(t, id)
+		})
+
+		t.Run("a replayed transaction ID answers as the first time and does not take the new PDU", func(t *testing.T) {
+			since := e.fcSince(t)
+			txnID := fmt.Sprintf("fc-replay-%d", time.Now().UnixNano())
+			first, pdu1 := e.fcMessage(t, roomID, "replay first")
+			ans1 := e.fcSendTxn(t, e.fKey, txnID, []json.RawMessage{pdu1})
+			if got := fcResult(t, ans1, first); got != "" {
+				t.Fatalf("first PDU refused: %s", got)
+			}
+			second, pdu2 := e.fcMessage(t, roomID, "replay second")
+			ans2 := e.fcSendTxn(t, e.fKey, txnID, []json.RawMessage{pdu2})
+			if ans2.Raw != ans1.Raw {
+				t.Fatalf("replay answered %s, first answer %s", ans2.Raw, ans1.Raw)
+			}
+			e.fcNotStored(t, roomID, since, second)
+			e.fcNotServed(t, second)
+			seen := 0
+			for _, ev := range e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "messages")+"?dir=b&limit=50", nil, http.StatusOK).Get("chunk").Array() {
+				if ev.Get("event_id").String() == first {
+					seen++
+				}
+			}
+			if seen != 1 {
+				t.Fatalf("the first PDU is %d times in /messages", seen)
+			}
+		})
+
+		t.Run("every authenticated endpoint refuses an unsigned request and one for another destination with 401 M_UNAUTHORIZED, logged", func(t *testing.T) {
+			evID := e.fcLatest(t, roomID)
+			paths := []struct{ method, path string }{
+				{http.MethodGet, fed + "make_join/" + url.PathEscape(roomID) + "/" + url.PathEscape("@carol:"+p.b.ServerName) + "?ver=10&ver=11&ver=12"},
+				{http.MethodPut, "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape("$x")},
+				{http.MethodPut, "/_matrix/federation/v2/invite/" + url.PathEscape(roomID) + "/" + url.PathEscape("$x")},
+				{http.MethodGet, fed + "make_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape(e.bob.UserID)},
+				{http.MethodGet, fed + "event/" + url.PathEscape(evID)},
+				{http.MethodGet, fed + "state_ids/" + url.PathEscape(roomID) + "?event_id=" + url.QueryEscape(evID)},
+				{http.MethodGet, fed + "state/" + url.PathEscape(roomID) + "?event_id=" + url.QueryEscape(evID)},
+				{http.MethodGet, fed + "backfill/" + url.PathEscape(roomID) + "?limit=5&v=" + url.QueryEscape(evID)},
+				{http.MethodPost, fed + "get_missing_events/" + url.PathEscape(roomID)},
+				{http.MethodGet, fed + "event_auth/" + url.PathEscape(roomID) + "/" + url.PathEscape(evID)},
+				{http.MethodGet, fed + "user/devices/" + url.PathEscape(e.alice.UserID)},
+				{http.MethodPost, fed + "user/keys/query"},
+				{http.MethodPost, fed + "user/keys/claim"},
+				{http.MethodGet, fed + "query/profile?user_id=" + url.QueryEscape(e.alice.UserID)},
+				{http.MethodGet, fed + "query/directory?room_alias=" + url.QueryEscape("#x:"+p.a.ServerName)},
+			}
+			for _, ep := range paths {
+				var body []byte
+				var content any
+				if ep.method != http.MethodGet {
+					body, content = []byte(`{}`), map[string]any{}
+				}
+				status, res := p.fedDo(t, p.a, unsignedFedRequest(t, p.a, ep.method, ep.path, body))
+				if status != http.StatusUnauthorized || res.Get("errcode").String() != "M_UNAUTHORIZED" {
+					t.Fatalf("unsigned %s %s: %d %s", ep.method, ep.path, status, res.Raw)
+				}
+				status, res = p.fedDo(t, p.a, fedtest.SignedRequest(t, e.bKey, ep.method, "elsewhere.test", ep.path, content, p.a.FedAddr))
+				if status != http.StatusUnauthorized || res.Get("errcode").String() != "M_UNAUTHORIZED" {
+					t.Fatalf("%s %s signed for another destination: %d %s", ep.method, ep.path, status, res.Raw)
+				}
+			}
+			fcLogged(t, p.a, "missing X-Matrix authorization", "X-Matrix destination elsewhere.test is not this server")
+		})
+
+		t.Run("a request signed by a key org-b does not have is 401 M_UNAUTHORIZED on a room endpoint, logged", func(t *testing.T) {
+			_, forged, _ := ed25519.GenerateKey(rand.Reader)
+			fake := signing.Key{ServerName: e.bKey.ServerName, KeyID: e.bKey.KeyID, Private: forged}
+			status, res := e.fcFed(t, fake, http.MethodGet, fed+"state_ids/"+url.PathEscape(roomID)+"?event_id="+url.QueryEscape(e.fcLatest(t, roomID)), nil)
+			if status != http.StatusUnauthorized || res.Get("errcode").String() != "M_UNAUTHORIZED" {
+				t.Fatalf("forged state_ids: %d %s", status, res.Raw)
+			}
+			fcLogged(t, p.a, "signature not valid with any key of the origin")
+		})
+
+		t.Run("a request body over the size limit is 413 M_TOO_LARGE", func(t *testing.T) {
+			big := []byte(`{"pdus":[],"pad":"` + strings.Repeat("x", 9<<20) + `"}`)
+			req := unsignedFedRequest(t, p.a, http.MethodPut, fed+"send/fc-big", big)
+			signed := fedtest.SignedRequest(t, e.bKey, http.MethodPut, e.dest, fed+"send/fc-big", map[string]any{"pdus": []any{}}, p.a.FedAddr)
+			req.Header.Set("Authorization", signed.Header.Get("Authorization"))
+			status, res := p.fedDo(t, p.a, req)
+			if status != http.StatusRequestEntityTooLarge || res.Get("errcode").String() != "M_TOO_LARGE" {
+				t.Fatalf("oversized body: %d %s", status, res.Raw)
+			}
+		})
+
+		t.Run("garbage JSON to send_join, invite, send_leave and get_missing_events is 400 M_NOT_JSON", func(t *testing.T) {
+			for _, path := range []string{
+				"/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape("$x"),
+				"/_matrix/federation/v2/invite/" + url.PathEscape(roomID) + "/" + url.PathEscape("$x"),
+				"/_matrix/federation/v2/send_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape("$x"),
+				fed + "get_missing_events/" + url.PathEscape(roomID),
+			} {
+				method := http.MethodPut
+				if strings.Contains(path, "get_missing_events") {
+					method = http.MethodPost
+				}
+				req := unsignedFedRequest(t, p.a, method, path, []byte(`{"event": {`))
+				signed := fedtest.SignedRequest(t, e.bKey, method, e.dest, path, map[string]any{}, p.a.FedAddr)
+				req.Header.Set("Authorization", signed.Header.Get("Authorization"))
+				status, res := p.fedDo(t, p.a, req)
+				if status != http.StatusBadRequest || res.Get("errcode").String() != "M_NOT_JSON" {
+					t.Fatalf("%s with garbage: %d %s", path, status, res.Raw)
+				}
+			}
+		})
+
+		t.Run("m.typing and m.receipt EDUs naming a user of another server are ignored and logged", func(t *testing.T) {
+			since := e.fcSince(t)
+			target := e.fcLatest(t, roomID)
+			forgedUser := "@forged:" + p.a.ServerName
+			e.fcSend(t, e.bKey, nil,
+				map[string]any{"edu_type": "m.typing", "content": map[string]any{"room_id": roomID, "user_id": forgedUser, "typing": true}},
+				map[string]any{"edu_type": "m.receipt", "content": map[string]any{roomID: map[string]any{"m.read": map[string]any{
+					forgedUser: map[string]any{"event_ids": []string{target}, "data": map[string]any{"ts": time.Now().UnixMilli()}}}}}})
+			// bob's own typing and receipt, sent after, mark where the forged ones would show.
+			e.fcSend(t, e.bKey, nil,
+				map[string]any{"edu_type": "m.typing", "content": map[string]any{"room_id": roomID, "user_id": e.bob.UserID, "typing": true}},
+				map[string]any{"edu_type": "m.receipt", "content": map[string]any{roomID: map[string]any{"m.read": map[string]any{
+					e.bob.UserID: map[string]any{"event_ids": []string{target}, "data": map[string]any{"ts": time.Now().UnixMilli()}}}}}})
+			sawTyping, sawReceipt := false, false
+			e.alice.SyncUntil(t, since, "", func(s gjson.Result) bool {
+				for _, ev := range s.Get("rooms.join." + gjson.Escape(roomID) + ".ephemeral.events").Array() {
+					if strings.Contains(ev.Raw, forgedUser) {
+						t.Fatalf("a forged EDU reached alice: %s", ev.Raw)
+					}
+					switch ev.Get("type").String() {
+					case "m.typing":
+						for _, u := range ev.Get("content.user_ids").Array() {
+							sawTyping = sawTyping || u.String() == e.bob.UserID
+						}
+					case "m.receipt":
+						sawReceipt = sawReceipt || ev.Get("content."+gjson.Escape(target)+".m\\.read."+gjson.Escape(e.bob.UserID)).Exists()
+					}
+				}
+				return sawTyping && sawReceipt
+			})
+			fcLogged(t, p.a, "m.typing user is not a user of the origin", "not from the origin")
+		})
+
+		// A room org-b has no member in.
+		private := e.alice.CreateRoom(t, map[string]any{"preset": "private_chat", "name": "org-a only"})
+		secret := e.alice.SendText(t, private, "org-a internal")
+
+		t.Run("a server with no member in a room may not read it: event, state, state_ids, event_auth, backfill, get_missing_events are 403 M_FORBIDDEN", func(t *testing.T) {
+			for _, ep := range []struct {
+				method, path string
+				body         any
+			}{
+				{http.MethodGet, fed + "event/" + url.PathEscape(secret), nil},
+				{http.MethodGet, fed + "state/" + url.PathEscape(private) + "?event_id=" + url.QueryEscape(secret), nil},
+				{http.MethodGet, fed + "state_ids/" + url.PathEscape(private) + "?event_id=" + url.QueryEscape(secret), nil},
+				{http.MethodGet, fed + "event_auth/" + url.PathEscape(private) + "/" + url.PathEscape(secret), nil},
+				{http.MethodGet, fed + "backfill/" + url.PathEscape(private) + "?limit=10&v=" + url.QueryEscape(secret), nil},
+				{http.MethodPost, fed + "get_missing_events/" + url.PathEscape(private), map[string]any{"earliest_events": []string{}, "latest_events": []string{secret}, "limit": 10}},
+			} {
+				status, res := e.fcFed(t, e.bKey, ep.method, ep.path, ep.body)
+				if status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN" {
+					t.Fatalf("%s %s: %d %s, want 403 M_FORBIDDEN", ep.method, ep.path, status, res.Raw)
+				}
+				if strings.Contains(res.Raw, "org-a internal") {
+					t.Fatalf("%s leaked the private message: %s", ep.path, res.Raw)
+				}
+			}
+		})
+
+		t.Run("state, state_ids and event_auth of a room the peer is in do not serve an event of another room", func(t *testing.T) {
+			for _, path := range []string{
+				fed + "state/" + url.PathEscape(roomID) + "?event_id=" + url.QueryEscape(secret),
+				fed + "state_ids/" + url.PathEscape(roomID) + "?event_id=" + url.QueryEscape(secret),
+				fed + "event_auth/" + url.PathEscape(roomID) + "/" + url.PathEscape(secret),
+			} {
+				status, res := e.fcFed(t, e.bKey, http.MethodGet, path, nil)
+				if status != http.StatusNotFound || res.Get("errcode").String() != "M_NOT_FOUND" {
+					t.Fatalf("%s: %d %s, want 404 M_NOT_FOUND", path, status, res.Raw)
+				}
+			}
+		})
+
+		t.Run("backfill and get_missing_events of a room the peer is in do not serve events of another room", func(t *testing.T) {
+			status, res := e.fcFed(t, e.bKey, http.MethodGet, fed+"backfill/"+url.PathEscape(roomID)+"?limit=10&v="+url.QueryEscape(secret), nil)
+			if status == http.StatusOK && strings.Contains(res.Raw, secret) || status >= 500 {
+				t.Fatalf("backfill from another room's event: %d %s", status, res.Raw)
+			}
+			status, res = e.fcFed(t, e.bKey, http.MethodPost, fed+"get_missing_events/"+url.PathEscape(roomID),
+				map[string]any{"earliest_events": []string{}, "latest_events": []string{secret}, "limit": 10})
+			if status == http.StatusOK && (strings.Contains(res.Raw, secret) || strings.Contains(res.Raw, "org-a internal")) || status >= 500 {
+				t.Fatalf("get_missing_events from another room's event: %d %s", status, res.Raw)
+			}
+		})
+
+		t.Run("PUT /send refuses an event into a room org-b has no member in, stores nothing", func(t *testing.T) {
+			id, pdu := e.fcBuild(t, fcProto{roomID: private, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "gatecrash"},
+				auth:    []string{"m.room.create|", "m.room.power_levels|"}})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatal("an event of a non-member was accepted")
+			}
+			e.alice.MustFail(t, http.MethodGet, Path("rooms", private, "event", id), nil, http.StatusNotFound, "M_NOT_FOUND")
+		})
+
+		t.Run("make_join to an invite-only room for an uninvited user is 403 M_FORBIDDEN", func(t *testing.T) {
+			status, res := e.fcFed(t, e.bKey, http.MethodGet, fed+"make_join/"+url.PathEscape(private)+"/"+url.PathEscape("@carol:"+p.b.ServerName)+"?ver=10&ver=11&ver=12", nil)
+			if status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN" {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+		})
+	})
+}
+
+func ptrTo(s string) *string { return &s }
+
+func TestFederationConformanceJoins(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		e, roomID := fcStartEnv(t, b, map[string]any{"preset": "public_chat"})
+		p, fed := e.p, "/_matrix/federation/v1/"
+		ver := e.fcRoomVersion(t, roomID)
+		carol := "@carol:" + e.fake.ServerName
+		makeJoin := func(t *testing.T, roomID, userID, query string) (int, gjson.Result) {
+			t.Helper()
+			return e.fcFed(t, e.fKey, http.MethodGet, fed+"make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+query, nil)
+		}
+
+		t.Run("make_join names the room version and a join template for the user", func(t *testing.T) {
+			status, res := makeJoin(t, roomID, carol, "?ver=10&ver=11&ver=12")
+			if status != http.StatusOK || res.Get("room_version").String() != string(ver) ||
+				res.Get("event.type").String() != "m.room.member" || res.Get("event.state_key").String() != carol ||
+				res.Get("event.content.membership").String() != "join" || res.Get("event.sender").String() != carol {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+		})
+
+		t.Run("make_join from a server that does not support the room's version is 400 M_INCOMPATIBLE_ROOM_VERSION with room_version", func(t *testing.T) {
+			for _, q := range []string{"?ver=1&ver=2", ""} { // no ver at all means version 1 only
+				status, res := makeJoin(t, roomID, carol, q)
+				if status != http.StatusBadRequest || res.Get("errcode").String() != "M_INCOMPATIBLE_ROOM_VERSION" ||
+					res.Get("room_version").String() != string(ver) {
+					t.Fatalf("make_join%s: %d %s", q, status, res.Raw)
+				}
+			}
+		})
+
+		t.Run("make_join for an unknown room is 404 M_NOT_FOUND", func(t *testing.T) {
+			status, res := makeJoin(t, "!nowhere:"+p.a.ServerName, carol, "?ver=11")
+			if status != http.StatusNotFound || res.Get("errcode").String() != "M_NOT_FOUND" {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+		})
+
+		t.Run("make_join for a user of another server is 403 M_FORBIDDEN", func(t *testing.T) {
+			status, res := makeJoin(t, roomID, "@dave:"+p.a.ServerName, "?ver=10&ver=11&ver=12")
+			if status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN" {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+		})
+
+		sendJoin := func(t *testing.T, id string, pdu json.RawMessage) (int, gjson.Result) {
+			t.Helper()
+			return e.fcFed(t, e.fKey, http.MethodPut, "/_matrix/federation/v2/send_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(id), json.RawMessage(pdu))
+		}
+		joinAuth := []string{"m.room.create|", "m.room.power_levels|", "m.room.join_rules|"}
+
+		t.Run("send_join accepts only a join of the sender: other events are 400 and nothing is stored", func(t *testing.T) {
+			since := e.fcSince(t)
+			cases := map[string]fcProto{
+				"regular event":                  {typ: "m.room.message", sender: carol, content: map[string]any{"body": "bzz"}},
+				"member event without state_key": {typ: "m.room.member", sender: carol, content: map[string]any{"membership": "join"}},
+				"leave event":                    {typ: "m.room.member", sender: carol, stateKey: &carol, content: map[string]any{"membership": "leave"}},
+				"invite event":                   {typ: "m.room.member", sender: carol, stateKey: &carol, content: map[string]any{"membership": "invite"}},
+				"join with another state_key":    {typ: "m.room.member", sender: carol, stateKey: ptrTo("@doris:" + e.fake.ServerName), content: map[string]any{"membership": "join"}},
+			}
+			for name, c := range cases {
+				c.roomID, c.auth = roomID, joinAuth
+				id, pdu := e.fcBuild(t, c)
+				status, res := sendJoin(t, id, pdu)
+				// spec: "servers SHOULD return M_INVALID_PARAM"; Complement asserts 400.
+				if status != http.StatusBadRequest || !strings.Contains("M_INVALID_PARAM M_BAD_JSON", res.Get("errcode").String()) || res.Get("errcode").String() == "" {
+					t.Fatalf("%s: send_join answered %d %s, want 400", name, status, res.Raw)
+				}
+				e.fcNotStored(t, roomID, since, id)
+				e.fcNotServed(t, id)
+			}
+		})
+
+		t.Run("send_join of an event whose ID is not the one in the path is 400", func(t *testing.T) {
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, typ: "m.room.member", sender: carol, stateKey: &carol,
+				content: map[string]any{"membership": "join"}, auth: joinAuth})
+			status, res := sendJoin(t, "$"+strings.Repeat("A", 43), pdu)
+			if status != http.StatusBadRequest {
+				t.Fatalf("send_join: %d %s", status, res.Raw)
+			}
+			e.alice.MustFail(t, http.MethodGet, Path("rooms", roomID, "event", id), nil, http.StatusNotFound, "M_NOT_FOUND")
+		})
+
+		t.Run("send_join of a join with a bad signature is refused, logged, and the user does not join", func(t *testing.T) {
+			_, forged, _ := ed25519.GenerateKey(rand.Reader)
+			fake := signing.Key{ServerName: e.fKey.ServerName, KeyID: e.fKey.KeyID, Private: forged}
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, typ: "m.room.member", sender: carol, stateKey: &carol,
+				content: map[string]any{"membership": "join"}, auth: joinAuth, key: &fake})
+			status, res := sendJoin(t, id, pdu)
+			// spec: SHOULD be M_INVALID_PARAM; 403 M_FORBIDDEN is what sytest expects of bad signatures.
+			if (status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN") &&
+				(status != http.StatusBadRequest || res.Get("errcode").String() != "M_INVALID_PARAM") {
+				t.Fatalf("send_join: %d %s", status, res.Raw)
+			}
+			fcLogged(t, p.a, "refused a send_join")
+			e.alice.MustFail(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.member", carol), nil, http.StatusNotFound, "M_NOT_FOUND")
+		})
+
+		t.Run("a user banned between make_join and send_join cannot join: 403 M_FORBIDDEN, still banned", func(t *testing.T) {
+			status, res := makeJoin(t, roomID, carol, "?ver=10&ver=11&ver=12")
+			if status != http.StatusOK {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+			var proto gomatrixserverlib.ProtoEvent
+			if err := json.Unmarshal([]byte(res.Get("event").Raw), &proto); err != nil {
+				t.Fatal(err)
+			}
+			e.alice.MustDo(t, http.MethodPost, Path("rooms", roomID, "ban"), map[string]any{"user_id": carol, "reason": "test"}, http.StatusOK)
+			ev, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), e.fKey.ServerName, e.fKey.KeyID, e.fKey.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, res = sendJoin(t, ev.EventID(), ev.JSON())
+			if status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN" {
+				t.Fatalf("send_join of a banned user: %d %s", status, res.Raw)
+			}
+			fcLogged(t, p.a, "refused a send_join")
+			m := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.member", carol), nil, http.StatusOK)
+			if m.Get("membership").String() != "ban" {
+				t.Fatalf("carol's membership: %s", m.Raw)
+			}
+		})
+
+		invite := func(t *testing.T, key signing.Key, roomVersion string, pdu json.RawMessage, id string) (int, gjson.Result) {
+			t.Helper()
+			body := map[string]any{"room_version": roomVersion, "event": pdu, "invite_room_state": []any{}}
+			return e.fcFed(t, key, http.MethodPut, "/_matrix/federation/v2/invite/"+url.PathEscape(roomID)+"/"+url.PathEscape(id), body)
+		}
+		inviteOf := func(t *testing.T, invitee string, key *signing.Key) (string, json.RawMessage) {
+			t.Helper()
+			return e.fcBuild(t, fcProto{roomID: roomID, typ: "m.room.member", sender: e.fred.UserID, stateKey: &invitee,
+				content: map[string]any{"membership": "invite"}, key: key,
+				auth: []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+		}
+
+		t.Run("invite (v2) refuses an invite not signed by the inviting server, logged, and the invitee sees nothing", func(t *testing.T) {
+			eve := p.a.Register(t)
+			id, pdu := inviteOf(t, eve.UserID, nil)
+			unsigned, err := sjson.SetRawBytes(pdu, "signatures", []byte(`{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, res := invite(t, e.fKey, string(ver), unsigned, id)
+			// sytest 50federation/35room-invite expects 403; spec SHOULD M_INVALID_PARAM.
+			if (status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN") &&
+				(status != http.StatusBadRequest || res.Get("errcode").String() != "M_INVALID_PARAM") {
+				t.Fatalf("unsigned invite: %d %s", status, res.Raw)
+			}
+			fcLogged(t, p.a, "refused an invite")
+			if s := eve.Sync(t, ""); s.Get("rooms.invite").Exists() && len(s.Get("rooms.invite").Map()) > 0 {
+				t.Fatalf("eve sees an invite: %s", s.Get("rooms.invite").Raw)
+			}
+		})
+
+		t.Run("invite (v2) for a user of another server, or with an unsupported room version, is 400", func(t *testing.T) {
+			id, pdu := inviteOf(t, "@zed:"+e.fake.ServerName, nil)
+			status, res := invite(t, e.fKey, string(ver), pdu, id)
+			if status != http.StatusBadRequest {
+				t.Fatalf("invite of a foreign user: %d %s", status, res.Raw)
+			}
+			eve := p.a.Register(t)
+			id, pdu = inviteOf(t, eve.UserID, nil)
+			status, res = invite(t, e.fKey, "999", pdu, id)
+			if status != http.StatusBadRequest || res.Get("errcode").String() != "M_INCOMPATIBLE_ROOM_VERSION" || res.Get("room_version").String() != "999" {
+				t.Fatalf("invite in version 999: %d %s", status, res.Raw)
+			}
+		})
+	})
+}
