@@ -79,6 +79,25 @@ func (f federation) fedGet(t *testing.T, n *Node, path string) (int, gjson.Resul
 	return fedPair{ca: f.ca}.fedDo(t, n, unsignedFedRequest(t, n, http.MethodGet, path, nil))
 }
 
+// waitFor polls cond until it holds, failing after 45 s with cond's last
+// explanation. It waits on a condition other processes bring about (a
+// transaction arriving, state resolving), so a short pause between polls
+// is the probe interval, not an assertion.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 45s: %s", what, why)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // member is a user of one node in a scenario, with their sync position.
 type member struct {
 	name  string
@@ -292,7 +311,24 @@ func lateJoin(t *testing.T, owner, late *member, visibility string, before []str
 func TestThreeNodeLateJoinerHistory(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
 		_, ms := threeNodes(t, b)
-		alice, bob := ms[0], ms[1]
+		alice, bob, carol := ms[0], ms[1], ms[2]
+
+		t.Run("a user of org-c who joins late pages back through history that history_visibility shared allows", func(t *testing.T) {
+			before := []string{"shared history 1 " + randomString(6), "shared history 2 " + randomString(6), "shared history 3 " + randomString(6)}
+			roomID, prevBatch := lateJoin(t, alice, carol, "shared", before)
+			waitFor(t, "org-c backfilling the room's history", func() (bool, string) {
+				got := backward(t, carol.c, roomID, prevBatch)
+				last := len(got)
+				for _, text := range before { // dir=b: newest first
+					i := slices.Index(got, text)
+					if i < 0 || i >= last {
+						return false, fmt.Sprintf("dir=b on org-c shows %q, want %q newest first", got, before)
+					}
+					last = i
+				}
+				return true, ""
+			})
+		})
 
 		t.Run("a user of org-b who joins late sees nothing from before the join when history_visibility is joined", func(t *testing.T) {
 			before := []string{"joined-only history 1 " + randomString(6), "joined-only history 2 " + randomString(6)}
