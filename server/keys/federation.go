@@ -145,7 +145,7 @@ func (s *Service) queryRemote(ctx context.Context, remote map[string]map[string]
 			jobs = append(jobs, s.keysQueryJob(server, batch))
 		}
 	}
-	return s.runRemote(ctx, jobs, timeout, "query", resp.Failures, func(apply func(any)) { apply(resp) })
+	return s.runRemote(ctx, jobs, timeout, "query", resp.Failures, resp)
 }
 
 // remoteJob asks one server something; run returns how to merge the answer.
@@ -155,9 +155,9 @@ type remoteJob struct {
 }
 
 // runRemote runs the jobs in parallel within timeout; the returned wait
-// collects them, listing failed servers in failures and merging the others
-// through merge (in the caller's goroutine).
-func (s *Service) runRemote(ctx context.Context, jobs []remoteJob, timeout time.Duration, what string, failures map[string]json.RawMessage, merge func(func(any))) (wait func()) {
+// collects them, listing failed servers in failures and merging the others'
+// answers into resp (in the caller's goroutine).
+func (s *Service) runRemote(ctx context.Context, jobs []remoteJob, timeout time.Duration, what string, failures map[string]json.RawMessage, resp any) (wait func()) {
 	if len(jobs) == 0 {
 		return func() {}
 	}
@@ -187,7 +187,7 @@ func (s *Service) runRemote(ctx context.Context, jobs []remoteJob, timeout time.
 			applies = append(applies, r.apply)
 		}
 		for _, apply := range applies {
-			merge(apply)
+			apply(resp)
 		}
 	}
 }
@@ -378,50 +378,36 @@ func (s *Service) claimRemote(ctx context.Context, remote map[string]map[string]
 	if timeout <= 0 {
 		timeout = DefaultRemoteTimeout
 	}
-	type result struct {
-		server string
-		keys   map[string]map[string]map[string]json.RawMessage
-		err    error
-	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	results := make(chan result, len(remote))
-	for server, users := range remote {
-		go func() {
-			raw, err := s.fed.remote.ClaimKeys(cctx, server, users)
+	var jobs []remoteJob
+	for server, asked := range remote {
+		jobs = append(jobs, remoteJob{server: server, run: func(ctx context.Context) (func(any), error) {
+			raw, err := s.fed.remote.ClaimKeys(ctx, server, asked)
+			if err != nil {
+				return nil, err
+			}
 			var ans struct {
 				OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
 			}
-			if err == nil {
-				if uerr := json.Unmarshal(raw, &ans); uerr != nil {
-					err = fmt.Errorf("%w: %v", errBadAnswer, uerr)
-				}
+			if err := json.Unmarshal(raw, &ans); err != nil {
+				return nil, fmt.Errorf("%w: %v", errBadAnswer, err)
 			}
-			results <- result{server, ans.OneTimeKeys, err}
-		}()
-	}
-	return func() {
-		defer cancel()
-		for range remote {
-			r := <-results
-			if r.err != nil {
-				s.log.WithField("server", r.server).WithError(r.err).Info("keys: remote key claim failed")
-				resp.Failures[r.server] = remoteFailure(r.server, r.err)
-				continue
-			}
-			asked := remote[r.server]
-			for u, devs := range r.keys {
-				for d, keys := range devs {
-					if _, ok := asked[u][d]; !ok || len(keys) == 0 {
-						continue
+			return func(r any) {
+				resp := r.(*ClaimResponse)
+				for u, devs := range ans.OneTimeKeys {
+					for d, keys := range devs {
+						if _, ok := asked[u][d]; !ok || len(keys) == 0 {
+							continue // only what was asked of this server
+						}
+						if resp.OneTimeKeys[u] == nil {
+							resp.OneTimeKeys[u] = map[string]map[string]json.RawMessage{}
+						}
+						resp.OneTimeKeys[u][d] = keys
 					}
-					if resp.OneTimeKeys[u] == nil {
-						resp.OneTimeKeys[u] = map[string]map[string]json.RawMessage{}
-					}
-					resp.OneTimeKeys[u][d] = keys
 				}
-			}
-		}
+			}, nil
+		}})
 	}
+	return s.runRemote(ctx, jobs, timeout, "claim", resp.Failures, resp)
 }
 
 // requireLocal refuses a federation request naming a user of another server
