@@ -2,6 +2,7 @@ package sytest
 
 import (
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -426,4 +427,59 @@ func firstKey(obj gjson.Result) string {
 		return false
 	})
 	return first
+}
+
+func TestThreeNodeDevices(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		_, ms := threeNodes(t, b)
+		alice, bob, carol := ms[0], ms[1], ms[2]
+		crisisRoom(t, nil, alice, bob, carol)
+
+		t.Run("a to-device message from org-a reaches one device on org-b and every device on org-c", func(t *testing.T) {
+			marker := "ping " + randomString(8)
+			alice.c.MustDo(t, http.MethodPut, Path("sendToDevice", "m.test.ping", NewTxnID()), map[string]any{"messages": map[string]any{
+				bob.c.UserID:   map[string]any{bob.c.DeviceID: map[string]any{"marker": marker}},
+				carol.c.UserID: map[string]any{"*": map[string]any{"marker": marker}},
+			}}, http.StatusOK)
+			for _, m := range []*member{bob, carol} {
+				m.since = syncUntilFor(t, m.c, m.since, 30*time.Second, func(s gjson.Result) bool {
+					for _, ev := range s.Get("to_device.events").Array() {
+						if ev.Get("type").String() == "m.test.ping" && ev.Get("sender").String() == alice.c.UserID &&
+							ev.Get("content.marker").String() == marker {
+							return true
+						}
+					}
+					return false
+				}, func() string { return m.name + " has no m.test.ping from " + alice.c.UserID })
+			}
+		})
+
+		t.Run("a new device of org-b's user shows in device_lists.changed of the members on org-a and org-c", func(t *testing.T) {
+			bob2 := bob.c.Login(t)
+			pub, priv, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyID := "ed25519:" + bob2.DeviceID
+			deviceKeys, _ := json.Marshal(map[string]any{
+				"user_id": bob2.UserID, "device_id": bob2.DeviceID, "algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+				"keys": map[string]any{"curve25519:" + bob2.DeviceID: base64.RawStdEncoding.EncodeToString(pub), keyID: base64.RawStdEncoding.EncodeToString(pub)},
+			})
+			signed, err := gomatrixserverlib.SignJSON(bob2.UserID, gomatrixserverlib.KeyID(keyID), priv, deviceKeys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bob2.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/upload", map[string]any{"device_keys": json.RawMessage(signed)}, http.StatusOK)
+			for _, m := range []*member{alice, carol} {
+				m.since = syncUntilFor(t, m.c, m.since, 30*time.Second, func(s gjson.Result) bool {
+					for _, u := range s.Get("device_lists.changed").Array() {
+						if u.String() == bob.c.UserID {
+							return true
+						}
+					}
+					return false
+				}, func() string { return m.name + " saw no device-list change of " + bob.c.UserID })
+			}
+		})
+	})
 }
