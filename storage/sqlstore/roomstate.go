@@ -30,6 +30,12 @@ import (
 // or serves it), whose state_before is the resolved state. StateAt at or
 // after that position reads the resolved state; it is never anyone's
 // prev_event and never leaves the node.
+//
+// current_state (JoinedMembers, Membership, MemberRooms) always holds the
+// resolved state. What /sync reads from the member events stream
+// (UserMemberships, VisibilityChanges: the latest accepted member event by
+// position) can differ when a resolution keeps an older member event over a
+// newer one; such a change has no timeline position of its own yet.
 
 // stateResolvedType is the type of the synthetic timeline row that marks a
 // change of the current state made by state resolution.
