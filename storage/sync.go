@@ -38,7 +38,10 @@ type SyncStore interface {
 	EventByID(ctx context.Context, eventID string) (Event, error)
 	// VisibilityChanges returns, in nid order, the room's accepted
 	// m.room.history_visibility events and the m.room.member events about
-	// userID with nid <= upTo: what history visibility depends on.
+	// userID with nid <= upTo: what history visibility depends on. For a
+	// room joined over federation, the history_visibility of the state the
+	// join brought comes at NID 0 (after backfilled history, before the
+	// join).
 	VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]StateChange, error)
 	// UnreadCount counts the room's timeline events with nid <= upTo that
 	// notify userID under the default push rules' underrides (m.room.message

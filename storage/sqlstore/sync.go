@@ -253,15 +253,23 @@ func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Even
 	return loadEventByID(ctx, s.db.R, eventID)
 }
 
-// VisibilityChanges is two index lookups joined with UNION ALL: written as
+// VisibilityChanges is index lookups joined with UNION ALL: written as
 // one WHERE with an OR, SQLite's planner scanned the room's whole history
-// (BENCHMARKS.md, initial sync).
+// (BENCHMARKS.md, initial sync). The third is the history_visibility a
+// join over federation brought (an outlier stored just before the room's
+// first live event), at position 0: after backfilled history, before
+// every live event.
 func (s *syncStore) VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]storage.StateChange, error) {
 	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
 		WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND event_nid <= $3 AND NOT outlier AND NOT rejected
 		UNION ALL
 		SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
 		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $3 AND NOT outlier AND NOT rejected
+		UNION ALL
+		SELECT 0, event_id, type, state_key, skeleton_json FROM (SELECT event_id, type, state_key, skeleton_json FROM events
+			WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND outlier AND event_nid > 0
+				AND event_nid < (SELECT MIN(event_nid) FROM events WHERE room_id = $1 AND event_nid > 0 AND NOT outlier)
+			ORDER BY event_nid DESC LIMIT 1) joined_with
 		ORDER BY 1`, roomID, userID, upTo)
 	if err != nil {
 		return nil, err

@@ -182,6 +182,49 @@ func testRoomRead(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("VisibilityChanges puts the visibility a join brought after backfilled history, before the join", func(t *testing.T) {
+		store := open(t)
+		rs, ss, ctx := store.Rooms(), store.Sync(), t.Context()
+		w, history, join := joined(t, rs)
+		// An older visibility change, backfilled.
+		older := withContent(t, history[0])
+		older.Type, older.StateKey = "m.room.history_visibility", sptr("")
+		older.Content = []byte(`{"history_visibility":"world_readable"}`)
+		older = withContent(t, older)
+		if _, err := rs.PersistBackfill(ctx, w.roomID, []storage.NewEvent{older}); err != nil {
+			t.Fatal(err)
+		}
+		pos, _ := ss.TimelinePosition(ctx)
+		got, err := ss.VisibilityChanges(ctx, w.roomID, bob, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"world_readable", "shared", "join"}
+		if len(got) != 3 {
+			t.Fatalf("changes %+v, want values %v", got, want)
+		}
+		for i, c := range got {
+			if c.Value != want[i] {
+				t.Fatalf("changes %+v, want values %v", got, want)
+			}
+		}
+		if !(got[0].NID < 0 && got[1].NID == 0 && got[2].EventID == join.EventID) {
+			t.Fatalf("positions: %+v", got)
+		}
+		// A room made here has no such entry.
+		local := &roomWriter{roomID: "!local:a.test"}
+		create := local.ev("m.room.create", sptr(""), alice, `{}`)
+		create.NewRoom = &storage.NewRoom{Version: "11"}
+		hv := withContent(t, local.ev("m.room.history_visibility", sptr(""), alice, `{"history_visibility":"joined"}`))
+		if _, err := rs.PersistEvents(ctx, []storage.NewEvent{create, hv}); err != nil {
+			t.Fatal(err)
+		}
+		pos, _ = ss.TimelinePosition(ctx)
+		if got, err := ss.VisibilityChanges(ctx, local.roomID, alice, pos); err != nil || len(got) != 1 || got[0].NID <= 0 {
+			t.Fatalf("local room: %+v, %v", got, err)
+		}
+	})
+
 	t.Run("backfill refuses events of another room and rooms without a timeline", func(t *testing.T) {
 		rs, ctx := open(t).Rooms(), t.Context()
 		w, history, _ := joined(t, rs)
