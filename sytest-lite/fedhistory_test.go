@@ -91,6 +91,14 @@ func TestFederationHistory(t *testing.T) {
 			if got := pageBack(t, bob, joinedOnly, 10); len(got) != 1 || got[0] != "after the join" {
 				t.Fatalf("after the join: %v", got)
 			}
+			// A second user of org-b, joining later, does not see what the
+			// first saw before that (the visibility came with org-b's join).
+			carol := p.b.Register(t)
+			carol.Join(t, joinedOnly)
+			carol.SendText(t, joinedOnly, "carol is here")
+			if got := pageBack(t, carol, joinedOnly, 10); len(got) != 1 || got[0] != "carol is here" {
+				t.Fatalf("org-b's second user sees: %v", got)
+			}
 		})
 
 		bKey := signingKey(t, p.b)
