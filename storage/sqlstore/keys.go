@@ -436,10 +436,6 @@ func (s *keyStore) sharingUsers(ctx context.Context, userID string) (map[string]
 }
 
 func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos, toPos, fromNID, toNID int64) ([]string, []string, error) {
-	sharing, err := s.sharingUsers(ctx, userID)
-	if err != nil {
-		return nil, nil, err
-	}
 	candidates := map[string]bool{}
 	collect := func(query string, args ...any) error {
 		rows, err := s.db.R.QueryContext(ctx, query, args...)
@@ -457,6 +453,7 @@ func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos
 		return rows.Err()
 	}
 	changed := map[string]bool{}
+	var listChanged []string // users whose devices changed, before the sharing filter
 	if toPos > fromPos {
 		rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT user_id FROM device_list_changes WHERE pos > $1 AND pos <= $2`, fromPos, toPos)
 		if err != nil {
@@ -468,9 +465,7 @@ func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos
 				rows.Close()
 				return nil, nil, err
 			}
-			if sharing[u] {
-				changed[u] = true
-			}
+			listChanged = append(listChanged, u)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -496,6 +491,20 @@ func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos
 			WHERE e.type = 'm.room.member' AND e.state_key = $1 AND e.event_nid > $2 AND e.event_nid <= $3
 				AND NOT e.outlier AND NOT e.rejected`, userID, fromNID, toNID); err != nil {
 			return nil, nil, err
+		}
+	}
+	// Who shares a room with userID (a self-join over all its rooms) is
+	// needed only when there is someone to filter.
+	if len(listChanged) == 0 && len(candidates) == 0 {
+		return []string{}, nil, nil
+	}
+	sharing, err := s.sharingUsers(ctx, userID)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, u := range listChanged {
+		if sharing[u] {
+			changed[u] = true
 		}
 	}
 	var left []string
