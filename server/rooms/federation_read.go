@@ -571,21 +571,34 @@ func (s *Service) Backfill(ctx context.Context, roomID string, limit int) (int, 
 		return 0, err
 	}
 	log := s.log.WithField("room_id", roomID)
-	for _, dest := range servers {
+	from := []string{earliest.EventID}
+	for round := 0; round < maxBackfillRounds && len(servers) > 0; {
+		dest := servers[0]
 		// v itself comes back too: one more than wanted.
-		txn, err := c.Backfill(ctx, s.key.ServerName, dest, roomID, limit+1, []string{earliest.EventID})
+		txn, err := c.Backfill(ctx, s.key.ServerName, dest, roomID, limit+1, from)
 		if err != nil {
 			log.WithField("server", dest).WithError(err).Info("backfill failed")
+			servers = servers[1:]
 			continue
 		}
-		evs := s.checkBackfilled(ctx, c, dest, verImpl, roomID, txn.PDUs)
-		if len(evs) == 0 {
+		evs, lowest := s.checkBackfilled(ctx, c, dest, verImpl, roomID, txn.PDUs)
+		if len(evs) > 0 {
+			return s.store.PersistBackfill(ctx, roomID, evs)
+		}
+		// Everything answered is here already (the state a join brought
+		// is kept as outliers): go on from the oldest answered events.
+		if len(lowest) == 0 || fmt.Sprint(lowest) == fmt.Sprint(from) {
 			return 0, nil
 		}
-		return s.store.PersistBackfill(ctx, roomID, evs)
+		from = lowest
+		round++
 	}
 	return 0, nil
 }
+
+// maxBackfillRounds bounds the requests one Backfill makes through answers
+// holding only events this server has.
+const maxBackfillRounds = 8
 
 // backfillServers lists the servers to ask, the room id's server first,
 // then those of the joined members; never this one.
@@ -610,9 +623,10 @@ func (s *Service) backfillServers(ctx context.Context, roomID string) ([]spec.Se
 }
 
 // checkBackfilled checks the events dest answered and returns those to
-// store, newest first. Auth events are found among the answered events,
-// in the store, or asked of dest (/event_auth, kept as outliers).
-func (s *Service) checkBackfilled(ctx context.Context, c BackfillClient, dest spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, roomID string, pdus []json.RawMessage) []storage.NewEvent {
+// store, newest first, and the ids of the answered events of the lowest
+// depth (sorted). Auth events are found among the answered events, in the
+// store, or asked of dest (/event_auth, kept as outliers).
+func (s *Service) checkBackfilled(ctx context.Context, c BackfillClient, dest spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, roomID string, pdus []json.RawMessage) ([]storage.NewEvent, []string) {
 	log := s.log.WithField("room_id", roomID).WithField("server", dest)
 	var cands []gomatrixserverlib.PDU
 	var ids []string
@@ -632,7 +646,7 @@ func (s *Service) checkBackfilled(ctx context.Context, c BackfillClient, dest sp
 	have, err := s.store.EventsByID(ctx, ids)
 	if err != nil {
 		log.WithError(err).Error("backfill: reading stored events")
-		return nil
+		return nil, nil
 	}
 	stored := map[string]bool{}
 	for _, ev := range have {
@@ -640,6 +654,13 @@ func (s *Service) checkBackfilled(ctx context.Context, c BackfillClient, dest sp
 	}
 	// Oldest first, so auth events among the answer are checked first.
 	sort.SliceStable(cands, func(i, j int) bool { return cands[i].Depth() < cands[j].Depth() })
+	var lowest []string
+	for _, ev := range cands {
+		if ev.Depth() == cands[0].Depth() {
+			lowest = append(lowest, ev.EventID())
+		}
+	}
+	sort.Strings(lowest)
 	accepted := map[string]gomatrixserverlib.PDU{}
 	var out []gomatrixserverlib.PDU
 	for _, ev := range cands {
@@ -666,7 +687,7 @@ func (s *Service) checkBackfilled(ctx context.Context, c BackfillClient, dest sp
 		}
 		news = append(news, ne)
 	}
-	return news
+	return news, lowest
 }
 
 // backfillAuthEvents gathers the auth events of ev (and the room's create
@@ -763,9 +784,9 @@ func backfillNewEvent(verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverl
 	if ev.Type() == spec.MRoomMember {
 		ne.Membership, _ = ev.Membership()
 	}
-	if ev.Type() == spec.MRoomRedaction && ev.Redacts() != "" {
+	if target := redactsOf(ev); ev.Type() == spec.MRoomRedaction && target != "" {
 		// Kept for reading, as for live events; not applied to history.
-		if skeleton, err = sjson.SetBytes(skeleton, "redacts", ev.Redacts()); err != nil {
+		if skeleton, err = sjson.SetBytes(skeleton, "redacts", target); err != nil {
 			return storage.NewEvent{}, err
 		}
 		ne.Skeleton = skeleton

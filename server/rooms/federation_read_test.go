@@ -242,6 +242,23 @@ func TestFederationBackfillAsLateJoiner(t *testing.T) {
 		}
 	})
 
+	t.Run("history behind events the join already brought (its state) is still reached", func(t *testing.T) {
+		crowded := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat"}))
+		early := must[string](t)(a.rooms.Send(ctx, alice, "D", crowded, "m.room.message", "c", []byte(`{"body":"early"}`)))
+		for range 12 {
+			must[string](t)(a.rooms.Join(ctx, a.user(t), crowded, ""))
+		}
+		must[string](t)(b.rooms.Join(ctx, bob, crowded, ""))
+		// The twelve joins are in the state the join brought: pages of
+		// three hold nothing new until the message behind them.
+		if n := must[int](t)(b.rooms.Backfill(ctx, crowded, 3)); n != 1 {
+			t.Fatalf("stored %d, want the early message", n)
+		}
+		if ev := must[storage.Event](t)(rs.Event(ctx, early)); ev.Outlier || ev.NID >= 0 {
+			t.Fatalf("early message: nid %d, outlier %v", ev.NID, ev.Outlier)
+		}
+	})
+
 	t.Run("nothing comes from before the join in a room of joined visibility", func(t *testing.T) {
 		private := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", InitialState: visibility("joined")}))
 		must[string](t)(a.rooms.Send(ctx, alice, "D", private, "m.room.message", "p", []byte(`{"body":"members only"}`)))
