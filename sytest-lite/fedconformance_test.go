@@ -739,3 +739,161 @@ func TestFederationConformanceJoins(t *testing.T) {
 		})
 	})
 }
+
+// fcEventOnA is an event as alice's client reads it (nil when 404).
+func (e *fcEnv) fcEventOnA(t *testing.T, roomID, eventID string) *gjson.Result {
+	t.Helper()
+	r := e.alice.Do(t, http.MethodGet, Path("rooms", roomID, "event", eventID), nil)
+	if r.Status == http.StatusNotFound {
+		return nil
+	}
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET event %s: %d %s", eventID, r.Status, r.Body)
+	}
+	j := r.JSON(t)
+	return &j
+}
+
+func TestFederationConformanceRoomRules(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		e, roomID := fcStartEnv(t, b, map[string]any{"preset": "public_chat", "name": "rules"})
+		p, fed := e.p, "/_matrix/federation/v1/"
+		fredAuth := []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}
+		redaction := func(t *testing.T, inRoom, target string, state map[string]string) (string, json.RawMessage) {
+			t.Helper()
+			return e.fcBuild(t, fcProto{roomID: inRoom, sender: e.fred.UserID, typ: spec.MRoomRedaction,
+				content: map[string]any{"redacts": target, "reason": "test"}, auth: fredAuth, state: state})
+		}
+
+		t.Run("a redaction by a remote user without power of another server's event is taken but not applied", func(t *testing.T) {
+			target := e.alice.SendText(t, roomID, "alice keeps this")
+			id, pdu := redaction(t, roomID, target, nil)
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got != "" {
+				t.Logf("the redaction was refused (%s); the spec lets it in but never applies it", got)
+			}
+			// Mark: a later message of alice's is on A once the redaction was processed.
+			e.alice.SendText(t, roomID, "after the redaction")
+			if ev := e.fcEventOnA(t, roomID, target); ev == nil || ev.Get("content.body").String() != "alice keeps this" {
+				t.Fatalf("alice's message after an unauthorised redaction: %v", ev)
+			}
+		})
+
+		t.Run("a redaction naming an event of another room is not applied", func(t *testing.T) {
+			other := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			target := e.alice.SendText(t, other, "other room text")
+			id, pdu := redaction(t, roomID, target, nil)
+			fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id)
+			if ev := e.fcEventOnA(t, other, target); ev == nil || ev.Get("content.body").String() != "other room text" {
+				t.Fatalf("the other room's message after a cross-room redaction: %v", ev)
+			}
+		})
+
+		t.Run("a redaction by a remote user of their own message is applied", func(t *testing.T) {
+			target, msg := e.fcMessage(t, roomID, "fred regrets this")
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{msg}), target); got != "" {
+				t.Fatalf("fred's message refused: %s", got)
+			}
+			id, pdu := redaction(t, roomID, target, nil)
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got != "" {
+				t.Fatalf("fred's redaction refused: %s", got)
+			}
+			if ev := e.fcEventOnA(t, roomID, target); ev == nil || ev.Get("content.body").Exists() {
+				t.Fatalf("fred's message after his redaction: %v", ev)
+			}
+		})
+
+		t.Run("a redaction alice sends on org-a is applied on org-b", func(t *testing.T) {
+			target := e.alice.SendText(t, roomID, "alice retracts this")
+			since := e.bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, roomID, target, "") })
+			redactionID := e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "redact", target, NewTxnID()), map[string]any{"reason": "oops"}, http.StatusOK).Get("event_id").String()
+			e.bob.SyncUntil(t, since, "", func(s gjson.Result) bool { return timelineHas(s, roomID, redactionID, "") })
+			ev := e.bob.MustDo(t, http.MethodGet, Path("rooms", roomID, "event", target), nil, http.StatusOK)
+			if ev.Get("content.body").Exists() {
+				t.Fatalf("org-b still shows the redacted message: %s", ev.Raw)
+			}
+		})
+
+		t.Run("an event citing an auth event of another room is refused", func(t *testing.T) {
+			since := e.fcSince(t)
+			other := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			otherState := e.fcState(t, other)
+			st := e.fcState(t, roomID)
+			st["m.room.power_levels|"] = otherState["m.room.power_levels|"]
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "cross-room auth"}, auth: fredAuth, state: st})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatal("an event with an auth event of another room was accepted")
+			}
+			e.fcNotStored(t, roomID, since, id)
+		})
+
+		t.Run("an event whose auth events include a rejected event is rejected", func(t *testing.T) {
+			since := e.fcSince(t)
+			// fred (power 0) sets the topic, which needs 50: rejected.
+			topicID, topic := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.topic", stateKey: ptrTo(""),
+				content: map[string]any{"topic": "fred was here"}, auth: fredAuth})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{topic}), topicID); got == "" {
+				t.Fatal("an unauthorised topic was accepted")
+			}
+			st := e.fcState(t, roomID)
+			st["m.room.topic|"] = topicID
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "on a rejected auth event"},
+				auth:    append(append([]string{}, fredAuth...), "m.room.topic|"), state: st, prevs: []string{topicID}})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatal("an event citing a rejected auth event was accepted")
+			}
+			e.fcNotStored(t, roomID, since, topicID)
+			e.fcNotStored(t, roomID, since, id)
+			if r := e.alice.Do(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.topic", ""), nil); r.Status == http.StatusOK && strings.Contains(string(r.Body), "fred was here") {
+				t.Fatalf("the rejected topic is in the room state: %s", r.Body)
+			}
+		})
+
+		t.Run("a redaction by a remote moderator (redact power level) of another server's event is applied", func(t *testing.T) {
+			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			raised, err := sjson.SetBytes([]byte(pl.Raw), "users."+gjson.Escape(e.fred.UserID), pl.Get("redact").Int())
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "state", "m.room.power_levels", ""), json.RawMessage(raised), http.StatusOK)
+			target := e.alice.SendText(t, roomID, "a moderator removes this")
+			id, pdu := redaction(t, roomID, target, nil)
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got != "" {
+				t.Fatalf("the moderator's redaction was refused: %s", got)
+			}
+			if ev := e.fcEventOnA(t, roomID, target); ev == nil || ev.Get("content.body").Exists() {
+				t.Fatalf("alice's message after a moderator's redaction: %v", ev)
+			}
+		})
+
+		t.Run("an event allowed by the state before it but not by the current state is soft-failed: hidden and not built on", func(t *testing.T) {
+			before := e.fcLatest(t, roomID)
+			state := e.fcState(t, roomID)
+			since := e.fcSince(t)
+			e.alice.MustDo(t, http.MethodPost, Path("rooms", roomID, "ban"), map[string]any{"user_id": e.fred.UserID, "reason": "test"}, http.StatusOK)
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "sent as if not banned"},
+				auth:    fredAuth, state: state, prevs: []string{before}})
+			fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id) // accepted or not, it must stay hidden
+			e.fcNotStored(t, roomID, since, id)
+			// alice's next event does not build on it.
+			next := e.alice.SendText(t, roomID, "after the soft-failed event")
+			status, body := e.fcFed(t, e.bKey, http.MethodGet, fed+"event/"+url.PathEscape(next), nil)
+			if status != http.StatusOK {
+				t.Fatalf("GET /event of alice's message: %d %s", status, body.Raw)
+			}
+			for _, prev := range body.Get("pdus.0.prev_events").Array() {
+				if prev.String() == id {
+					t.Fatalf("alice's next event builds on the soft-failed event: %s", body.Get("pdus.0").Raw)
+				}
+			}
+			fcLogged(t, p.a, "soft-failed an inbound event")
+		})
+
+		t.Run("org-b, a real peer in the room, still gets alice's messages after all this", func(t *testing.T) {
+			text := e.alice.SendText(t, roomID, "the room goes on")
+			e.bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, roomID, text, "") })
+		})
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -409,9 +410,23 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		}
 	}
 	if ev.Type() == spec.MRoomRedaction && ne.Redacts != "" {
-		// The redaction is applied when its sender may: the target is
-		// from the same server (the auth rules checked the rest).
-		if t, err := s.store.Event(ctx, ne.Redacts); err != nil || t.RoomID != roomID || serverOf(t.Sender) != serverOf(ne.Sender) {
+		// The redaction is applied when its sender may (spec, room
+		// versions 3+, "Handling redactions"): the target is in this
+		// room and from the sender's server, or the sender has the
+		// room's redact power level.
+		apply := false
+		if t, err := s.store.Event(ctx, ne.Redacts); err == nil && t.RoomID == roomID {
+			apply = serverOf(t.Sender) == serverOf(ne.Sender)
+			if !apply {
+				cur, err := s.currentAuthState(ctx, verImpl, ev)
+				if err != nil {
+					return false, err
+				}
+				pd := &draft{s: s, verImpl: verImpl, state: cur}
+				apply = pd.userLevel(ne.Sender) >= pd.powerLevels().Redact
+			}
+		}
+		if !apply {
 			ne.Redacts = ""
 		}
 	}
@@ -489,7 +504,7 @@ func newEventOf(verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU
 		ne.Membership, _ = ev.Membership()
 	}
 	if ev.Type() == spec.MRoomRedaction {
-		if target := ev.Redacts(); target != "" {
+		if target := redactsOf(ev); target != "" {
 			if skeleton, err = sjson.SetBytes(skeleton, "redacts", target); err != nil {
 				return storage.NewEvent{}, err
 			}
@@ -498,6 +513,19 @@ func newEventOf(verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU
 	}
 	ne.Skeleton = skeleton
 	return ne, nil
+}
+
+// redactsOf is the event a redaction redacts: content.redacts from room
+// version 11 (GMSL's Redacts reads only the top-level key of earlier
+// versions, which v11+ events do not carry).
+func redactsOf(ev gomatrixserverlib.PDU) string {
+	if v, err := strconv.Atoi(string(ev.Version())); err == nil && v <= 10 {
+		return ev.Redacts()
+	}
+	if r := gjson.GetBytes(ev.Content(), "redacts"); r.Type == gjson.String {
+		return r.String()
+	}
+	return ""
 }
 
 func sameSet(a, b []string) bool {
