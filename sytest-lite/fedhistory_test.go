@@ -76,6 +76,12 @@ func TestFederationHistory(t *testing.T) {
 					t.Fatalf("initial /sync shows backfilled %s", ev.Raw)
 				}
 			}
+			// /context works inside backfilled history too.
+			ctx := bob.MustDo(t, http.MethodGet, Path("rooms", shared, "context", sent[10])+"?limit=4", nil, http.StatusOK)
+			if ctx.Get("event.content.body").String() != "shared 10" || ctx.Get("events_before.#").Int() != 2 ||
+				ctx.Get("events_before.0.content.body").String() != "shared 9" || ctx.Get("events_after.0.content.body").String() != "shared 11" {
+				t.Fatalf("/context of a backfilled event: %s", ctx.Raw)
+			}
 			// Paging again reads the stored history (same answer).
 			if again := pageBack(t, bob, shared, 30); len(again) != 30 {
 				t.Fatalf("second pagination: %d messages", len(again))

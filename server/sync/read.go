@@ -238,8 +238,8 @@ func (s *Service) Context(ctx context.Context, v Viewer, roomID, eventID string,
 	resp := &ContextResponse{EventsBefore: []json.RawMessage{}, EventsAfter: []json.RawMessage{},
 		Start: pageToken(ev.NID - 1), End: pageToken(ev.NID), State: []json.RawMessage{}}
 	var before, after []storage.Event
-	if nBefore > 0 && ev.NID > 1 {
-		if before, err = s.store.RoomEvents(ctx, roomID, storage.EventQuery{UpTo: ev.NID - 1, Limit: nBefore, Backward: true, Filter: f.storeFilter()}); err != nil {
+	if nBefore > 0 {
+		if before, err = s.store.RoomEvents(ctx, roomID, storage.EventQuery{After: historyStart, UpTo: ev.NID - 1, Limit: nBefore, Backward: true, Filter: f.storeFilter()}); err != nil {
 			return nil, err
 		}
 		if len(before) > 0 {
