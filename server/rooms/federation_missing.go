@@ -27,8 +27,9 @@ const (
 	maxEventFetches = 50
 	// maxStateEvents bounds the state and auth chain taken from /state_ids.
 	maxStateEvents = 50000
-	// gapTimeout bounds all the requests made for one inbound event.
-	gapTimeout = time.Minute
+	// gapTimeout bounds all the requests made for one inbound event (the
+	// origin's /send waits for the answer: 30 s in GMSL's client).
+	gapTimeout = 25 * time.Second
 )
 
 // GapClient is what filling gaps in a room's graph asks other servers

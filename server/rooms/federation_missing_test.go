@@ -137,6 +137,12 @@ func has(list []string, s string) bool {
 // with bob, joined through a and made a moderator (state_default 50).
 func twoServers(t *testing.T) (a, b *env, calls *gapCalls, alice, bob, roomID string) {
 	t.Helper()
+	return twoServersV(t, "")
+}
+
+// twoServersV is twoServers with a room of this version ("": the default).
+func twoServersV(t *testing.T, version string) (a, b *env, calls *gapCalls, alice, bob, roomID string) {
+	t.Helper()
 	ctx := context.Background()
 	a, b = newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
 	keys := serverKeys{a.key, b.key}
@@ -144,8 +150,8 @@ func twoServers(t *testing.T) (a, b *env, calls *gapCalls, alice, bob, roomID st
 	a.federate(&notified{}, keys, gapT{directT{direct{resident: b, invitee: b}, t}, calls})
 	b.federate(&notified{}, keys, gapT{directT{direct{resident: a, invitee: a}, t}, calls})
 	alice, bob = a.user(t), b.user(t)
-	roomID = must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat"}))
-	must[string](t)(b.rooms.Join(ctx, bob, roomID, ""))
+	roomID = must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", RoomVersion: version}))
+	must[string](t)(b.rooms.JoinVia(ctx, bob, roomID, "", []string{"a.test"}))
 	deliver(t, b, a)
 	pl := a.state(t, roomID)["m.room.power_levels|"].Raw
 	var content map[string]any
@@ -233,8 +239,14 @@ func TestFederationMissingEvents(t *testing.T) {
 }
 
 func TestFederationStateResolution(t *testing.T) {
+	for _, version := range []string{"10", "11", "12"} {
+		t.Run("v"+version, func(t *testing.T) { testStateResolution(t, version) })
+	}
+}
+
+func testStateResolution(t *testing.T, version string) {
 	ctx := context.Background()
-	a, b, _, alice, bob, roomID := twoServers(t)
+	a, b, _, alice, bob, roomID := twoServersV(t, version)
 
 	t.Run("concurrent topics on two servers resolve to the same state on both, as GMSL resolves them", func(t *testing.T) {
 		ta := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"from a"}`)))
@@ -269,6 +281,44 @@ func TestFederationStateResolution(t *testing.T) {
 		}
 		if fmt.Sprint(a.stateIDs(t, roomID)) != fmt.Sprint(b.stateIDs(t, roomID)) {
 			t.Fatal("states differ after the merge")
+		}
+	})
+}
+
+func TestFederationConcurrentDemotion(t *testing.T) {
+	ctx := context.Background()
+	a, b, _, alice, bob, roomID := twoServers(t)
+	old := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"agreed"}`)))
+	deliver(t, a, b)
+
+	t.Run("a topic set by a moderator demoted at the same time loses on both servers", func(t *testing.T) {
+		var pl map[string]any
+		if err := json.Unmarshal([]byte(a.state(t, roomID)["m.room.power_levels|"].Raw), &pl); err != nil {
+			t.Fatal(err)
+		}
+		delete(pl["users"].(map[string]any), bob)
+		raw, _ := json.Marshal(pl)
+		must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.power_levels", "", raw))
+		topic := must[string](t)(b.rooms.SendState(ctx, bob, roomID, "m.room.topic", "", []byte(`{"topic":"bob's"}`)))
+		deliver(t, a, b)
+		deliver(t, b, a)
+		sa, sb := a.stateIDs(t, roomID), b.stateIDs(t, roomID)
+		if fmt.Sprint(sa) != fmt.Sprint(sb) {
+			t.Fatalf("states differ:\na: %v\nb: %v", sa, sb)
+		}
+		if sa["m.room.topic|"] != old {
+			t.Fatalf("topic is %s, want the one before the demotion %s", sa["m.room.topic|"], old)
+		}
+		// a soft-failed bob's topic (its current state had him demoted);
+		// b took it and lost it to the resolution: /sync's state says so.
+		if has(a.timeline(t, roomID), topic) {
+			t.Fatal("a shows the soft-failed topic")
+		}
+		pos := must[int64](t)(b.store.Sync().TimelinePosition(ctx))
+		for _, ev := range must[[]storage.Event](t)(b.store.Sync().StateAt(ctx, roomID, pos)) {
+			if ev.Type == "m.room.topic" && ev.EventID != old {
+				t.Fatalf("b's /sync state has topic %s, want %s", ev.EventID, old)
+			}
 		}
 	})
 }
