@@ -162,7 +162,7 @@ func (s *Service) visibleEvent(ctx context.Context, origin spec.ServerName, room
 		return storage.Event{}, nil, nil, err
 	}
 	ev, err := s.store.Event(ctx, eventID)
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && ev.RoomID != roomID) {
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || !isPDU(ev))) {
 		return storage.Event{}, nil, nil, mxerr.NotFound("event %s is not known in room %s", eventID, roomID)
 	}
 	if err != nil {
@@ -311,7 +311,7 @@ func (s *Service) storedAuthChain(ctx context.Context, roomID string, ids []stri
 		}
 		ids = ids[:0:0]
 		for _, ev := range evs {
-			if ev.RoomID != roomID {
+			if ev.RoomID != roomID || !isPDU(ev) {
 				continue
 			}
 			out = append(out, ev)
@@ -348,7 +348,7 @@ func (s *Service) walk(ctx context.Context, v *serverView, roomID string, start 
 			return err
 		}
 		for _, ev := range evs {
-			if ev.RoomID == roomID && !ev.Outlier {
+			if ev.RoomID == roomID && !ev.Outlier && isPDU(ev) {
 				heap.Push(q, ev)
 			}
 		}
@@ -368,6 +368,12 @@ func (s *Service) walk(ctx context.Context, v *serverView, roomID string, start 
 		}
 	}
 	return out, nil
+}
+
+// isPDU tells a stored event from the store's own markers (rows that are
+// no event of the room graph and never leave the node).
+func isPDU(ev storage.Event) bool {
+	return gjson.GetBytes(ev.JSON, "signatures").IsObject()
 }
 
 func prevEventIDs(eventJSON []byte) []string {
