@@ -94,8 +94,7 @@ func (s *Service) resolveStates(ctx context.Context, verImpl gomatrixserverlib.I
 	if err != nil {
 		return nil, err
 	}
-	resolved, err := gomatrixserverlib.ResolveConflictsNew(verImpl.Version(), distinct, chain, userIDForSender,
-		func(id string) bool { return rejected[id] })
+	resolved, err := resolveGMSL(verImpl, distinct, chain, rejected)
 	if err != nil {
 		return nil, fmt.Errorf("state resolution: %w", err)
 	}
@@ -181,4 +180,16 @@ func authEventsOf(ev gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (*gom
 		}
 	}
 	return ae, nil
+}
+
+// resolveGMSL runs GMSL's resolution; a panic in it (events a remote server
+// crafted) is an error, not the node's end.
+func resolveGMSL(verImpl gomatrixserverlib.IRoomVersion, sets [][]gomatrixserverlib.PDU, chain []gomatrixserverlib.PDU, rejected map[string]bool) (out []gomatrixserverlib.PDU, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("state resolution failed: %v", r)
+		}
+	}()
+	return gomatrixserverlib.ResolveConflictsNew(verImpl.Version(), sets, chain, userIDForSender,
+		func(id string) bool { return rejected[id] })
 }
