@@ -2,7 +2,6 @@ package sytest
 
 import (
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -431,9 +430,10 @@ func firstKey(obj gjson.Result) string {
 
 func TestThreeNodeDevices(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
-		_, ms := threeNodes(t, b)
+		f, ms := threeNodes(t, b)
 		alice, bob, carol := ms[0], ms[1], ms[2]
 		crisisRoom(t, nil, alice, bob, carol)
+		bobKey, carolKey := uploadKeysAndOTK(t, bob.c), uploadKeysAndOTK(t, carol.c)
 
 		t.Run("a to-device message from org-a reaches one device on org-b and every device on org-c", func(t *testing.T) {
 			marker := "ping " + randomString(8)
@@ -454,22 +454,43 @@ func TestThreeNodeDevices(t *testing.T) {
 			}
 		})
 
+		t.Run("POST /keys/query on org-a returns the device keys of users of org-b and org-c from their servers", func(t *testing.T) {
+			res := alice.c.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{
+				bob.c.UserID: []string{}, carol.c.UserID: []string{},
+			}}, http.StatusOK)
+			for _, want := range []struct {
+				c   *Client
+				key string
+			}{{bob.c, bobKey}, {carol.c, carolKey}} {
+				dev := res.Get("device_keys." + gjson.Escape(want.c.UserID) + "." + gjson.Escape(want.c.DeviceID))
+				if dev.Get("keys."+gjson.Escape("ed25519:"+want.c.DeviceID)).String() != want.key {
+					t.Fatalf("keys/query for %s: %s", want.c.UserID, res.Raw)
+				}
+			}
+			if len(res.Get("failures").Map()) != 0 {
+				t.Fatalf("failures: %s", res.Get("failures").Raw)
+			}
+		})
+
+		t.Run("POST /keys/claim on org-a returns a one-time key of a device on org-c, signed by it", func(t *testing.T) {
+			res := alice.c.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/claim", map[string]any{"one_time_keys": map[string]any{
+				carol.c.UserID: map[string]any{carol.c.DeviceID: "signed_curve25519"},
+			}}, http.StatusOK)
+			var got gjson.Result
+			res.Get("one_time_keys." + gjson.Escape(carol.c.UserID) + "." + gjson.Escape(carol.c.DeviceID)).ForEach(func(k, v gjson.Result) bool {
+				if strings.HasPrefix(k.String(), "signed_curve25519:") {
+					got = v
+				}
+				return true
+			})
+			if got.Get("key").String() != carolKey || !got.Get("signatures."+gjson.Escape(carol.c.UserID)).Exists() {
+				t.Fatalf("keys/claim: %s", res.Raw)
+			}
+		})
+
 		t.Run("a new device of org-b's user shows in device_lists.changed of the members on org-a and org-c", func(t *testing.T) {
 			bob2 := bob.c.Login(t)
-			pub, priv, err := ed25519.GenerateKey(rand.Reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			keyID := "ed25519:" + bob2.DeviceID
-			deviceKeys, _ := json.Marshal(map[string]any{
-				"user_id": bob2.UserID, "device_id": bob2.DeviceID, "algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
-				"keys": map[string]any{"curve25519:" + bob2.DeviceID: base64.RawStdEncoding.EncodeToString(pub), keyID: base64.RawStdEncoding.EncodeToString(pub)},
-			})
-			signed, err := gomatrixserverlib.SignJSON(bob2.UserID, gomatrixserverlib.KeyID(keyID), priv, deviceKeys)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bob2.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/upload", map[string]any{"device_keys": json.RawMessage(signed)}, http.StatusOK)
+			uploadDeviceKeys(t, bob2)
 			for _, m := range []*member{alice, carol} {
 				m.since = syncUntilFor(t, m.c, m.since, 30*time.Second, func(s gjson.Result) bool {
 					for _, u := range s.Get("device_lists.changed").Array() {
@@ -481,5 +502,36 @@ func TestThreeNodeDevices(t *testing.T) {
 				}, func() string { return m.name + " saw no device-list change of " + bob.c.UserID })
 			}
 		})
+
+		t.Run("POST /keys/query on org-a while org-c is down answers for org-b and lists a server it cannot reach in failures", func(t *testing.T) {
+			f.nodes[2].Stop(t)
+			res := alice.c.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{
+				bob.c.UserID: []string{}, carol.c.UserID: []string{}, "@nobody:unreachable.invalid": []string{},
+			}, "timeout": 3000}, http.StatusOK)
+			if !res.Get("failures." + gjson.Escape("unreachable.invalid")).Exists() {
+				t.Errorf("no failure listed for an unknown server: %s", res.Raw)
+			}
+			if len(res.Get("device_keys."+gjson.Escape(bob.c.UserID)).Map()) == 0 {
+				t.Errorf("org-b's devices missing while org-c is down: %s", res.Raw)
+			}
+			// org-c's keys may come from org-a's cache (its users share a
+			// room with carol); if not, org-c must be listed in failures.
+			if !res.Get("device_keys."+gjson.Escape(carol.c.UserID)+"."+gjson.Escape(carol.c.DeviceID)).Exists() &&
+				!res.Get("failures."+gjson.Escape(f.nodes[2].ServerName)).Exists() {
+				t.Errorf("org-c is down: neither its keys nor a failure: %s", res.Raw)
+			}
+		})
 	})
+}
+
+// uploadKeysAndOTK uploads self-signed device keys and one signed one-time
+// key for c's device, and returns the device's ed25519 key (base64).
+func uploadKeysAndOTK(t *testing.T, c *Client) string {
+	t.Helper()
+	k := newE2EEKey(t)
+	c.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/upload", map[string]any{
+		"device_keys":   deviceKeysFor(t, k, c.UserID, c.DeviceID),
+		"one_time_keys": map[string]any{"signed_curve25519:AAAAAQ": k.sign(t, c.UserID, "ed25519:"+c.DeviceID, map[string]string{"key": k.pub})},
+	}, http.StatusOK)
+	return k.pub
 }
