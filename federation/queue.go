@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/matrix-org/gomatrix"
@@ -24,6 +25,18 @@ import (
 const (
 	DefaultMinBackoff = 2 * time.Second
 	DefaultMaxBackoff = time.Hour
+
+	// DefaultRefusedBackoff is the wait after a refused connection: the
+	// peer's host answered but its node is not listening, which is what a
+	// node being restarted looks like. Trying again costs one TCP
+	// handshake, and the peer does not call us when it is back (it has
+	// nothing to send), so waiting the exponential backoff would leave it
+	// behind for up to MaxBackoff after it restarted.
+	DefaultRefusedBackoff = time.Second
+	// DefaultRefusedFor is how long a destination that keeps refusing
+	// connections is retried every RefusedBackoff; after that (a node
+	// stopped for good) the exponential backoff takes over.
+	DefaultRefusedFor = 15 * time.Minute
 )
 
 // TxnSender sends one transaction; fclient.FederationClient is one.
@@ -34,7 +47,8 @@ type TxnSender interface {
 // Queue is the outgoing federation queue: items are persisted per
 // destination first, then a sender per destination delivers them in order,
 // in transactions of up to 50 PDUs and 100 EDUs, retrying with exponential
-// backoff. Whatever is queued at start (a previous run's leftovers) is sent.
+// backoff (every RefusedBackoff while the peer refuses connections: it is
+// restarting). Whatever is queued at start (a previous run's leftovers) is sent.
 type Queue struct {
 	store  storage.FederationStore
 	client TxnSender
@@ -43,6 +57,9 @@ type Queue struct {
 
 	// MinBackoff and MaxBackoff bound the wait between failed attempts.
 	MinBackoff, MaxBackoff time.Duration
+	// RefusedBackoff is the wait after a refused connection, for the
+	// first RefusedFor of a destination's failures.
+	RefusedBackoff, RefusedFor time.Duration
 
 	mu      sync.Mutex
 	ctx     context.Context
@@ -51,6 +68,8 @@ type Queue struct {
 
 	// afterAck, when set (tests), is called after items were acked.
 	afterAck func(dest string, n int)
+	// afterFail, when set (tests), is called after a failed attempt.
+	afterFail func(dest string, err error)
 }
 
 type destSender struct {
@@ -65,6 +84,7 @@ func NewQueue(store storage.FederationStore, client TxnSender, origin spec.Serve
 	return &Queue{
 		store: store, client: client, origin: origin, log: log,
 		MinBackoff: DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
+		RefusedBackoff: DefaultRefusedBackoff, RefusedFor: DefaultRefusedFor,
 		senders: map[string]*destSender{},
 	}
 }
@@ -181,6 +201,7 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 	defer q.wg.Done()
 	log := q.log.WithField("destination", s.dest)
 	var backoff time.Duration
+	var failingSince time.Time // first failure since the last success
 	// batch is the transaction in flight: until the peer acknowledges it, a
 	// retry sends exactly these items (so the same txn ID), never a regrouping.
 	var batch []storage.QueueItem
@@ -206,10 +227,27 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 				batch, backoff = nil, 0
 				break
 			} else if err := q.sendBatch(ctx, s.dest, batch); err != nil {
+				if failingSince.IsZero() {
+					failingSince = time.Now()
+				}
+				first := backoff == 0
 				backoff = q.nextBackoff(backoff)
-				log.WithError(err).WithField("retry_in", backoff.String()).Warn("federation transaction failed")
+				quiet := false
+				if errors.Is(err, syscall.ECONNREFUSED) && time.Since(failingSince) < q.RefusedFor {
+					// Logged once, not every RefusedBackoff.
+					backoff, quiet = q.RefusedBackoff, !first
+				}
+				entry := log.WithError(err).WithField("retry_in", backoff.String())
+				if quiet {
+					entry.Debug("federation transaction failed again: connection refused")
+				} else {
+					entry.Warn("federation transaction failed")
+				}
+				if q.afterFail != nil {
+					q.afterFail(s.dest, err)
+				}
 			} else {
-				batch, backoff = nil, 0
+				batch, backoff, failingSince = nil, 0, time.Time{}
 				continue
 			}
 			t := time.NewTimer(backoff)
