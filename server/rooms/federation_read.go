@@ -24,7 +24,11 @@ import (
 // A server is answered only about rooms it has had a joined member in, and
 // only with the events history visibility lets it see; events it may not
 // see are left out of /backfill and /get_missing_events (the walk goes on
-// through them, so visible history behind them is still found).
+// through them, so visible history behind them is still found). The state
+// and auth chain at an event (/state, /state_ids, /event_auth), which
+// carry no message content, are served to a server with a joined member
+// now, whatever the event's visibility: a member server filling a gap in
+// its room graph needs them.
 
 // Limits of the history endpoints.
 const (
@@ -154,9 +158,38 @@ func (s *Service) historyAccess(ctx context.Context, origin spec.ServerName, roo
 	return v, verImpl, nil
 }
 
-// visibleEvent loads an event of roomID that origin may see: 404 if it is
-// not known (in that room), 403 if origin may not see it.
-func (s *Service) visibleEvent(ctx context.Context, origin spec.ServerName, roomID, eventID string) (storage.Event, *serverView, gomatrixserverlib.IRoomVersion, error) {
+// joinedNow tells whether a user of the server is joined now.
+func (v *serverView) joinedNow() bool {
+	latest := map[string]string{}
+	for _, c := range v.changes {
+		if c.Type == spec.MRoomMember {
+			latest[c.StateKey] = c.Value
+		}
+	}
+	for _, m := range latest {
+		if m == spec.Join {
+			return true
+		}
+	}
+	return false
+}
+
+// access is what a request about one event needs of its origin.
+type access int
+
+const (
+	// seeEvent: history visibility lets the origin see the event (its
+	// content is served).
+	seeEvent access = iota
+	// inRoom: the origin has a joined member now (the state and auth
+	// chain at an event are served, as a resident server must for a
+	// member server that fills a gap in its graph).
+	inRoom
+)
+
+// visibleEvent loads an event of roomID for origin: 404 if it is not known
+// (in that room), 403 if origin lacks the access.
+func (s *Service) visibleEvent(ctx context.Context, origin spec.ServerName, roomID, eventID string, need access) (storage.Event, *serverView, gomatrixserverlib.IRoomVersion, error) {
 	v, verImpl, err := s.historyAccess(ctx, origin, roomID)
 	if err != nil {
 		return storage.Event{}, nil, nil, err
@@ -168,7 +201,10 @@ func (s *Service) visibleEvent(ctx context.Context, origin spec.ServerName, room
 	if err != nil {
 		return storage.Event{}, nil, nil, err
 	}
-	if !ev.Outlier && !v.canSee(ev) {
+	switch {
+	case need == inRoom && !v.joinedNow():
+		return storage.Event{}, nil, nil, mxerr.Forbidden("server %s has no joined member in room %s", origin, roomID)
+	case need == seeEvent && !ev.Outlier && !v.canSee(ev):
 		return storage.Event{}, nil, nil, mxerr.Forbidden("server %s may not see event %s", origin, eventID)
 	}
 	return ev, v, verImpl, nil
@@ -183,7 +219,7 @@ func (s *Service) ServeEvent(ctx context.Context, origin spec.ServerName, eventI
 	if err != nil {
 		return nil, err
 	}
-	ev, _, verImpl, err := s.visibleEvent(ctx, origin, ev.RoomID, eventID)
+	ev, _, verImpl, err := s.visibleEvent(ctx, origin, ev.RoomID, eventID, seeEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -201,10 +237,10 @@ func (s *Service) transaction(pdus []json.RawMessage) *Transaction {
 	return &Transaction{Origin: string(s.key.ServerName), OriginServerTS: s.now().UnixMilli(), PDUs: pdus}
 }
 
-// stateBeforeVisible is the state before an event origin may see, and the
-// auth chain of that state.
+// stateBeforeVisible is the state before an event, for a server with a
+// joined member, and the auth chain of that state.
 func (s *Service) stateBeforeVisible(ctx context.Context, origin spec.ServerName, roomID, eventID string) ([]storage.Event, []storage.Event, gomatrixserverlib.IRoomVersion, error) {
-	ev, _, verImpl, err := s.visibleEvent(ctx, origin, roomID, eventID)
+	ev, _, verImpl, err := s.visibleEvent(ctx, origin, roomID, eventID, inRoom)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -266,7 +302,7 @@ func (s *Service) ServeStateIDs(ctx context.Context, origin spec.ServerName, roo
 // ServeEventAuth answers GET /event_auth/{roomId}/{eventId}: the event's
 // auth chain (every event reachable through auth_events).
 func (s *Service) ServeEventAuth(ctx context.Context, origin spec.ServerName, roomID, eventID string) (map[string][]json.RawMessage, error) {
-	ev, _, verImpl, err := s.visibleEvent(ctx, origin, roomID, eventID)
+	ev, _, verImpl, err := s.visibleEvent(ctx, origin, roomID, eventID, inRoom)
 	if err != nil {
 		return nil, err
 	}

@@ -144,6 +144,29 @@ func TestFederationHistoryServed(t *testing.T) {
 		wantCode(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	})
 
+	t.Run("the state at an event the server may not see is served while it has a member, the event is not", func(t *testing.T) {
+		private := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", InitialState: visibility("joined")}))
+		pre := must[string](t)(a.rooms.Send(ctx, alice, "D", private, "m.room.message", "pre", []byte(`{"body":"before b"}`)))
+		must[string](t)(b.rooms.Join(ctx, bob, private, ""))
+		_, err := a.rooms.ServeEvent(ctx, origin, pre)
+		wantCode(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		if sids := must[*rooms.StateIDsResponse](t)(a.rooms.ServeStateIDs(ctx, origin, private, pre)); len(sids.PDUIDs) == 0 {
+			t.Fatal("no state at the event")
+		}
+		must[map[string][]json.RawMessage](t)(a.rooms.ServeEventAuth(ctx, origin, private, pre))
+		// Walking back from bob's join passes the hidden message.
+		got := must[map[string][]json.RawMessage](t)(a.rooms.ServeMissingEvents(ctx, origin, private, nil, a.extremities(t, private), 10, 0))
+		served := ids(t, "11", got["events"])
+		for _, id := range served {
+			if id == pre {
+				t.Fatal("get_missing_events served a hidden event")
+			}
+		}
+		if len(served) < 4 {
+			t.Fatalf("get_missing_events stopped at the hidden event: %v", served)
+		}
+	})
+
 	t.Run("backfill walks back from v, newest first, up to limit", func(t *testing.T) {
 		txn := must[*rooms.Transaction](t)(a.rooms.ServeBackfill(ctx, origin, roomID, msgs[4:], 3))
 		sameIDs(t, "backfill", ids(t, "11", txn.PDUs), msgs[4], msgs[3], msgs[2])
