@@ -40,6 +40,7 @@ type GapClient interface {
 	LookupStateIDs(ctx context.Context, origin, s spec.ServerName, roomID, eventID string) (fclient.RespStateIDs, error)
 	LookupState(ctx context.Context, origin, s spec.ServerName, roomID, eventID string, roomVersion gomatrixserverlib.RoomVersion) (fclient.RespState, error)
 	GetEvent(ctx context.Context, origin, s spec.ServerName, eventID string) (gomatrixserverlib.Transaction, error)
+	GetEventAuth(ctx context.Context, origin, s spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, roomID, eventID string) (fclient.RespEventAuth, error)
 }
 
 func (s *Service) gapClient() GapClient {
@@ -72,6 +73,12 @@ func (s *Service) receiveEvent(ctx context.Context, origin spec.ServerName, verI
 		if err != nil {
 			return err
 		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, gapTimeout)
+	err = s.fetchAuthEvents(fctx, origin, verImpl, ev)
+	cancel()
+	if err != nil {
+		return err
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
@@ -185,6 +192,9 @@ func (s *Service) takeFetched(ctx context.Context, c GapClient, origin spec.Serv
 			return err
 		}
 	}
+	if err := s.fetchAuthEvents(ctx, origin, verImpl, ev); err != nil {
+		return err
+	}
 	unlock := s.lock(roomID)
 	defer unlock()
 	_, err = s.admit(ctx, verImpl, ev, admitOpts{gap: gap})
@@ -280,45 +290,16 @@ func (s *Service) fetchStateAfter(ctx context.Context, c GapClient, origin spec.
 			return nil, err
 		}
 	}
-	// Each new event must be allowed by its auth events (found among the
-	// answered and stored ones) before it is stored as an outlier.
-	sort.SliceStable(fresh, func(i, j int) bool { return fresh[i].Depth() < fresh[j].Depth() })
+	refused, err := s.storeOutliers(ctx, verImpl, fresh, byID)
+	if err != nil {
+		return nil, err
+	}
 	prevOK := true
-	for _, ev := range fresh {
-		var auth []gomatrixserverlib.PDU
-		for _, id := range ev.AuthEventIDs() {
-			a := byID[id]
-			if a == nil {
-				if more, err := s.store.EventsByID(ctx, []string{id}); err == nil && len(more) == 1 {
-					if p, err := toPDUs(verImpl, more); err == nil {
-						a = p[0]
-					}
-				}
-			}
-			if a == nil {
-				return nil, refuse("auth event %s of %s (state at %s) is unknown", id, ev.EventID(), prev)
-			}
-			auth = append(auth, a)
+	for id, why := range refused {
+		if id != prev {
+			return nil, refuse("event %s of the state at %s: %s", id, prev, why)
 		}
-		ae, err := gomatrixserverlib.NewAuthEvents(auth)
-		if err == nil {
-			err = gomatrixserverlib.Allowed(ev, ae, userIDForSender)
-		}
-		if err != nil {
-			if ev.EventID() == prev {
-				prevOK = false // a rejected prev event changes no state
-				continue
-			}
-			return nil, refuse("event %s of the state at %s is not allowed by its auth events: %v", ev.EventID(), prev, err)
-		}
-		ne, err := newEventOf(verImpl, ev)
-		if err != nil {
-			return nil, refuse("cannot store %s: %v", ev.EventID(), err)
-		}
-		ne.Redacts = ""
-		if err := s.store.PersistOutlier(ctx, ne); err != nil {
-			return nil, err
-		}
+		prevOK = false // a rejected prev event changes no state
 	}
 	state := make([]gomatrixserverlib.PDU, 0, len(ids.StateEventIDs))
 	for _, id := range ids.StateEventIDs {
@@ -354,6 +335,148 @@ func checkState(state []gomatrixserverlib.PDU) error {
 	}
 	if !create {
 		return errors.New("no m.room.create")
+	}
+	return nil
+}
+
+// storeOutliers checks events fetched from another server (signatures
+// checked) against their auth events, found in byID or the store, oldest
+// first, and stores those allowed as outliers. It returns why the others
+// were not stored.
+func (s *Service) storeOutliers(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, fresh []gomatrixserverlib.PDU, byID map[string]gomatrixserverlib.PDU) (map[string]string, error) {
+	sort.SliceStable(fresh, func(i, j int) bool { return fresh[i].Depth() < fresh[j].Depth() })
+	refused := map[string]string{}
+	for _, ev := range fresh {
+		var (
+			auth []gomatrixserverlib.PDU
+			why  string
+		)
+		for _, id := range ev.AuthEventIDs() {
+			a := byID[id]
+			if refused[id] != "" {
+				why = fmt.Sprintf("its auth event %s was refused", id)
+				break
+			}
+			if a == nil {
+				if more, err := s.store.EventsByID(ctx, []string{id}); err == nil && len(more) == 1 {
+					if p, err := toPDUs(verImpl, more); err == nil {
+						a = p[0]
+					}
+				}
+			}
+			if a == nil {
+				why = fmt.Sprintf("its auth event %s is unknown", id)
+				break
+			}
+			auth = append(auth, a)
+		}
+		if why == "" {
+			ae, err := gomatrixserverlib.NewAuthEvents(auth)
+			if err == nil {
+				err = gomatrixserverlib.Allowed(ev, ae, userIDForSender)
+			}
+			if err != nil {
+				why = fmt.Sprintf("not allowed by its auth events: %v", err)
+			}
+		}
+		if why != "" {
+			refused[ev.EventID()] = why
+			continue
+		}
+		ne, err := newEventOf(verImpl, ev)
+		if err != nil {
+			refused[ev.EventID()] = fmt.Sprintf("cannot store it: %v", err)
+			continue
+		}
+		ne.Redacts = ""
+		if err := s.store.PersistOutlier(ctx, ne); err != nil {
+			return nil, err
+		}
+	}
+	return refused, nil
+}
+
+// fetchAuthEvents fetches from origin the auth chain of ev when some of
+// its auth events are not stored here (/event_auth), checks it and stores
+// it as outliers.
+func (s *Service) fetchAuthEvents(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
+	roomID := ev.RoomID().String()
+	stored, err := s.store.EventsByID(ctx, ev.AuthEventIDs())
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, e := range stored {
+		have[e.EventID] = true
+	}
+	var lack []string
+	for _, id := range ev.AuthEventIDs() {
+		if !have[id] {
+			lack = append(lack, id)
+		}
+	}
+	if len(lack) == 0 {
+		return nil
+	}
+	c := s.gapClient()
+	if c == nil {
+		return refuse("auth event %s is unknown here and this server cannot fetch it", lack[0])
+	}
+	resp, err := c.GetEventAuth(ctx, s.key.ServerName, origin, verImpl.Version(), roomID, ev.EventID())
+	if err != nil {
+		// The origin may not serve the chain of this event: ask for the
+		// missing auth events themselves.
+		if len(lack) > maxEventFetches {
+			return refuse("%d auth events are unknown here and fetching the auth chain from %s failed: %v", len(lack), origin, err)
+		}
+		resp.AuthEvents = nil
+		for _, id := range lack {
+			txn, gerr := c.GetEvent(ctx, s.key.ServerName, origin, id)
+			if gerr != nil || len(txn.PDUs) != 1 {
+				return refuse("auth event %s is unknown here and fetching it from %s failed: %v", id, origin, gerr)
+			}
+			resp.AuthEvents = append(resp.AuthEvents, spec.RawJSON(txn.PDUs[0]))
+		}
+	}
+	if len(resp.AuthEvents) > maxStateEvents {
+		return refuse("the auth chain of %s from %s is too large", ev.EventID(), origin)
+	}
+	ids := make([]string, 0, len(resp.AuthEvents))
+	parsed := make([]gomatrixserverlib.PDU, 0, len(resp.AuthEvents))
+	for _, raw := range resp.AuthEvents {
+		a, err := s.checkPDU(ctx, verImpl, raw)
+		if err != nil {
+			return err
+		}
+		if a.RoomID().String() != roomID {
+			return refuse("%s answered the auth chain of %s with an event of another room", origin, ev.EventID())
+		}
+		ids = append(ids, a.EventID())
+		parsed = append(parsed, a)
+	}
+	known, err := s.store.EventsByID(ctx, ids)
+	if err != nil {
+		return err
+	}
+	stored2 := map[string]bool{}
+	for _, e := range known {
+		stored2[e.EventID] = true
+	}
+	byID := make(map[string]gomatrixserverlib.PDU, len(parsed))
+	var fresh []gomatrixserverlib.PDU
+	for _, a := range parsed {
+		byID[a.EventID()] = a
+		if !stored2[a.EventID()] {
+			fresh = append(fresh, a)
+		}
+	}
+	refused, err := s.storeOutliers(ctx, verImpl, fresh, byID)
+	if err != nil {
+		return err
+	}
+	if len(refused) > 0 {
+		s.log.WithField("room_id", roomID).WithField("event_id", ev.EventID()).WithField("origin", origin).
+			WithField("refused", len(refused)).Info("refused events of a fetched auth chain")
 	}
 	return nil
 }

@@ -31,7 +31,7 @@ type gapT struct {
 
 type gapCalls struct {
 	mu                        gosync.Mutex
-	missing, stateIDs, events int
+	missing, stateIDs, events, eventAuth int
 }
 
 func (c *gapCalls) add(n *int) {
@@ -82,6 +82,17 @@ func (g gapT) GetEvent(ctx context.Context, origin, _ spec.ServerName, eventID s
 	g.calls.add(&g.calls.events)
 	var res gomatrixserverlib.Transaction
 	resp, err := g.resident.rooms.ServeEvent(ctx, origin, eventID)
+	if err != nil {
+		return res, wireErr(err)
+	}
+	roundTrip(g.t, resp, &res)
+	return res, nil
+}
+
+func (g gapT) GetEventAuth(ctx context.Context, origin, _ spec.ServerName, _ gomatrixserverlib.RoomVersion, roomID, eventID string) (fclient.RespEventAuth, error) {
+	g.calls.add(&g.calls.eventAuth)
+	var res fclient.RespEventAuth
+	resp, err := g.resident.rooms.ServeEventAuth(ctx, origin, roomID, eventID)
 	if err != nil {
 		return res, wireErr(err)
 	}
@@ -387,12 +398,19 @@ func gmslResolve(t *testing.T, e *env, roomID string, x, y string) map[string]st
 // state for nil).
 func buildAs(t *testing.T, e *env, signer signing.Key, roomID, sender, typ string, stateKey *string, content string, prev []string) []byte {
 	t.Helper()
+	return buildOnState(t, e, signer, roomID, sender, typ, stateKey, content, prev, false)
+}
+
+// buildOnState is buildAs; with current, the auth events come from e's
+// current state whatever the prev_events.
+func buildOnState(t *testing.T, e *env, signer signing.Key, roomID, sender, typ string, stateKey *string, content string, prev []string, current bool) []byte {
+	t.Helper()
 	ctx := context.Background()
 	version := must[string](t)(e.store.Rooms().RoomVersion(ctx, roomID))
 	verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)))
 	state, _ := gomatrixserverlib.NewAuthEvents(nil)
 	stateEvs := must[[]storage.Event](t)(e.store.Rooms().CurrentState(ctx, roomID))
-	if len(prev) > 0 {
+	if len(prev) > 0 && !current {
 		if after, err := e.store.Rooms().StateAfter(ctx, prev[0]); err == nil {
 			stateEvs = after
 		}
@@ -460,6 +478,21 @@ func TestFederationRejectionAndSoftFail(t *testing.T) {
 		}
 		if fmt.Sprint(a.stateIDs(t, roomID)) != fmt.Sprint(before) {
 			t.Fatal("the state changed")
+		}
+	})
+
+	t.Run("auth events this server lacks are fetched from the origin (/event_auth, else /event)", func(t *testing.T) {
+		// bob changes his display name while a is away; his next message
+		// names that member event in its auth events but not as a prev.
+		fork := a.extremities(t, roomID)
+		must[string](t)(b.rooms.SendState(ctx, bob, roomID, "m.room.member", bob, []byte(`{"membership":"join","displayname":"Bob B"}`)))
+		drop(t, b, a)
+		msg := buildOnState(t, b, b.key, roomID, bob, "m.room.message", nil, `{"body":"new name"}`, fork, true)
+		if err := inbox.ReceivePDU(ctx, b.key.ServerName, rv, msg); err != nil {
+			t.Fatalf("refused: %v", err)
+		}
+		if !has(a.timeline(t, roomID), id(msg)) {
+			t.Fatal("the message is not in a's timeline")
 		}
 	})
 
