@@ -79,7 +79,8 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 		RegistrationMode: cfg.Registration.Mode,
 	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms(func() *rooms.Service { return n.Rooms })),
 		accounts.WithRemoteProfiles(&federation.ProfileQuerier{Client: n.Federation.Client, Key: key}))
-	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"))
+	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"),
+		accountdata.WithFederation(cfg.ServerName, n.Federation.Queue, n.Federation.Client)) // typing and receipts out
 	n.Rooms = rooms.New(store.Rooms(), key, notifier, n.Accounts, log.WithField("component", "rooms"), rooms.WithLeaveObserver(n.AccountData),
 		rooms.WithFederation(n.Federation.Queue, n.Federation.KeyRing, n.Federation.Client))
 	n.Media = media.New(store.Media(), media.Config{

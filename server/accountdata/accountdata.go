@@ -38,11 +38,19 @@ type Service struct {
 	// that read a position sees every change up to it.
 	ephMu  gosync.Mutex
 	typing map[string]*roomTyping
+
+	// fed, when set (WithFederation), sends local users' typing and
+	// receipts to other servers (federation_out.go).
+	fed *fedOut
 }
 
 // New builds the account-data service.
-func New(store storage.AccountDataStore, waker Waker, log logrus.FieldLogger) *Service {
-	return &Service{store: store, waker: waker, log: log, now: time.Now, typing: map[string]*roomTyping{}}
+func New(store storage.AccountDataStore, waker Waker, log logrus.FieldLogger, opts ...Option) *Service {
+	s := &Service{store: store, waker: waker, log: log, now: time.Now, typing: map[string]*roomTyping{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 func (s *Service) wake(userIDs ...string) {

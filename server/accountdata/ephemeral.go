@@ -90,18 +90,24 @@ func (s *Service) setFullyRead(ctx context.Context, userID, roomID, eventID stri
 }
 
 func (s *Service) putReceipt(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
+	ts := s.now().UnixMilli()
 	_, err := s.store.PutReceipt(ctx, storage.Receipt{
 		RoomID: roomID, Type: receiptType, UserID: userID, ThreadID: threadID,
-		EventID: eventID, TS: s.now().UnixMilli(),
+		EventID: eventID, TS: ts,
 	})
 	if err != nil {
 		return err
 	}
 	if receiptType == ReceiptReadPrivate {
-		s.wake(userID)
+		s.wake(userID) // private: never sent to other servers
 		return nil
 	}
-	return s.wakeRoom(ctx, roomID)
+	if err := s.wakeRoom(ctx, roomID); err != nil {
+		return err
+	}
+	// Persisted for the room's other servers before the client hears OK
+	// (federation_out.go).
+	return s.sendReceiptEDU(ctx, receiptOut{roomID: roomID, userID: userID, eventID: eventID, threadID: threadID, ts: ts})
 }
 
 func (s *Service) wakeRoom(ctx context.Context, roomID string) error {
@@ -169,6 +175,11 @@ func (s *Service) SetTyping(ctx context.Context, caller, userID, roomID string, 
 		// Also on a refresh: a shorter timeout must not wait for the
 		// earlier, later timer (a timer that finds a later expiry re-arms).
 		s.scheduleExpiry(roomID, userID, timeout)
+	}
+	if typing || changed {
+		// A refresh goes out too: other servers forget a typing user
+		// after DefaultTypingTimeout unless told again.
+		s.sendTypingEDU(ctx, roomID, userID, typing)
 	}
 	if !changed {
 		return nil
@@ -257,6 +268,7 @@ func (s *Service) expireTyping(roomID, userID string, attempt int) {
 	if err := s.wakeRoom(ctx, roomID); err != nil {
 		s.log.WithError(err).Warn("typing expiry: cannot list room members to wake")
 	}
+	s.sendTypingEDU(ctx, roomID, userID, false)
 }
 
 // Typing lists who types in the room now, sorted.
