@@ -30,7 +30,7 @@ type gapT struct {
 }
 
 type gapCalls struct {
-	mu                        gosync.Mutex
+	mu                                   gosync.Mutex
 	missing, stateIDs, events, eventAuth int
 }
 
