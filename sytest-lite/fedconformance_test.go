@@ -891,6 +891,32 @@ func TestFederationConformanceRoomRules(t *testing.T) {
 			fcLogged(t, p.a, "soft-failed an inbound event")
 		})
 
+		t.Run("outbound: a make_join refusal from the resident server reaches the client as 403 M_FORBIDDEN", func(t *testing.T) {
+			closed := e.bob.CreateRoom(t, map[string]any{"preset": "private_chat"})
+			e.alice.MustFail(t, http.MethodPost, Path("join", closed)+"?server_name="+url.QueryEscape(p.b.ServerName), map[string]any{}, http.StatusForbidden, "M_FORBIDDEN")
+			if r := e.alice.Do(t, http.MethodGet, Path("rooms", closed, "state"), nil); r.Status == http.StatusOK {
+				t.Fatalf("alice reads the room she could not join: %s", r.Body)
+			}
+		})
+
+		t.Run("get_missing_events and backfill do not give a server history from before its user joined (history_visibility joined)", func(t *testing.T) {
+			joinedOnly := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat", "initial_state": []any{
+				map[string]any{"type": "m.room.history_visibility", "state_key": "", "content": map[string]any{"history_visibility": "joined"}}}})
+			e.alice.SendText(t, joinedOnly, "said before org-b came")
+			e.bob.Join(t, joinedOnly)
+			after := e.alice.SendText(t, joinedOnly, "said after org-b came")
+			e.bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, joinedOnly, after, "") })
+			status, res := e.fcFed(t, e.bKey, http.MethodPost, fed+"get_missing_events/"+url.PathEscape(joinedOnly),
+				map[string]any{"earliest_events": []string{}, "latest_events": []string{after}, "limit": 50})
+			if status != http.StatusOK || strings.Contains(res.Raw, "said before org-b came") {
+				t.Fatalf("get_missing_events: %d %s", status, res.Raw)
+			}
+			status, res = e.fcFed(t, e.bKey, http.MethodGet, fed+"backfill/"+url.PathEscape(joinedOnly)+"?limit=50&v="+url.QueryEscape(after), nil)
+			if status != http.StatusOK || strings.Contains(res.Raw, "said before org-b came") {
+				t.Fatalf("backfill: %d %s", status, res.Raw)
+			}
+		})
+
 		t.Run("org-b, a real peer in the room, still gets alice's messages after all this", func(t *testing.T) {
 			text := e.alice.SendText(t, roomID, "the room goes on")
 			e.bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, roomID, text, "") })
