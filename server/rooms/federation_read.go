@@ -37,6 +37,9 @@ const (
 	MaxMissingEventsLimit = 100
 	// walkFactor bounds the events a walk looks at per event it may return.
 	walkFactor = 10
+	// MaxStartEvents bounds the events a walk may start from (v,
+	// latest_events).
+	MaxStartEvents = 100
 )
 
 // Transaction is the transaction-shaped answer of /event and /backfill.
@@ -449,6 +452,9 @@ func (s *Service) ServeBackfill(ctx context.Context, origin spec.ServerName, roo
 	if limit < 0 {
 		return nil, mxerr.InvalidParam("limit must not be negative")
 	}
+	if len(from) > MaxStartEvents {
+		return nil, mxerr.InvalidParam("v: at most %d events", MaxStartEvents)
+	}
 	limit = min(limit, MaxBackfillLimit)
 	v, verImpl, err := s.historyAccess(ctx, origin, roomID)
 	if err != nil {
@@ -472,6 +478,9 @@ func (s *Service) ServeBackfill(ctx context.Context, origin spec.ServerName, roo
 func (s *Service) ServeMissingEvents(ctx context.Context, origin spec.ServerName, roomID string, earliest, latest []string, limit int, minDepth int64) (map[string][]json.RawMessage, error) {
 	if limit < 0 {
 		return nil, mxerr.BadJSON("limit must not be negative")
+	}
+	if len(latest) > MaxStartEvents {
+		return nil, mxerr.BadJSON("latest_events: at most %d events", MaxStartEvents)
 	}
 	if limit == 0 {
 		limit = DefaultMissingLimit

@@ -180,6 +180,14 @@ func TestFederationHistoryServed(t *testing.T) {
 		}
 		_, err := a.rooms.ServeBackfill(ctx, origin, roomID, nil, 5)
 		wantCode(t, err, http.StatusBadRequest, "M_MISSING_PARAM")
+		many := make([]string, rooms.MaxStartEvents+1)
+		for i := range many {
+			many[i] = fmt.Sprint("$", i)
+		}
+		_, err = a.rooms.ServeBackfill(ctx, origin, roomID, many, 5)
+		wantCode(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
+		_, err = a.rooms.ServeMissingEvents(ctx, origin, roomID, nil, many, 5, 0)
+		wantCode(t, err, http.StatusBadRequest, "M_BAD_JSON")
 	})
 
 	t.Run("get_missing_events walks back from latest, stops at earliest and min_depth, oldest first", func(t *testing.T) {
