@@ -49,6 +49,8 @@ type Service struct {
 	locks [64]sync.Mutex
 	// fed is set by WithFederation (federation.go).
 	fed *fedState
+	// heads are the rooms' heads the local send path builds on (head.go).
+	heads headCache
 }
 
 // New builds the rooms service.
@@ -107,6 +109,9 @@ type draft struct {
 	depth   int64
 	out     []storage.NewEvent
 	newRoom *storage.NewRoom
+	// joined are the room's joined members before out, when known (from
+	// the room's head): commit wakes them without reading them again.
+	joined []string
 }
 
 // newDraft starts a new room (no events yet).
@@ -284,10 +289,15 @@ func (d *draft) commit(ctx context.Context) error {
 	}
 	d.s.notifyFederation(dests)
 	// Everyone joined now, and everyone whose membership changed (the
-	// kicked, banned, invited, leaving).
-	joined, err := d.s.store.JoinedMembers(ctx, d.roomID)
-	if err != nil {
-		d.s.log.WithError(err).WithField("room_id", d.roomID).Warn("listing members to wake")
+	// kicked, banned, invited, leaving). Without a state event the joined
+	// members are those before, when the head knew them.
+	joined := d.joined
+	if joined == nil || d.changesState() {
+		if joined, err = d.s.store.JoinedMembers(ctx, d.roomID); err != nil {
+			d.s.log.WithError(err).WithField("room_id", d.roomID).Warn("listing members to wake")
+			joined = nil
+		}
+		d.joined = joined
 	}
 	wake := make(map[string]bool, len(joined))
 	for _, u := range joined {
@@ -307,6 +317,16 @@ func (d *draft) commit(ctx context.Context) error {
 	}
 	d.s.membersLeft(ctx, d.out) // hooks.go
 	return nil
+}
+
+// changesState tells whether the draft added a state event.
+func (d *draft) changesState() bool {
+	for _, ev := range d.out {
+		if ev.StateKey != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // powerLevels returns the room's power levels content (the defaults when

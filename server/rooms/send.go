@@ -59,14 +59,16 @@ func (s *Service) withTxn(ctx context.Context, userID, deviceID, roomID, txnID s
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
-	d, err := s.loadDraft(ctx, roomID, []string{userID})
+	d, err := s.sendDraft(ctx, roomID, userID) // head.go
 	if err != nil {
 		return "", err
 	}
 	if err := build(d, &txn{userID, deviceID, txnID}); err != nil {
+		s.heads.drop(roomID)
 		return "", err
 	}
 	if err := d.commit(ctx); err != nil {
+		s.heads.drop(roomID)
 		if errors.Is(err, storage.ErrConflict) { // the same txn raced in another room
 			if ev, err2 := s.store.EventByTxn(ctx, userID, deviceID, txnID); err2 == nil {
 				return ev.EventID, nil
@@ -74,6 +76,7 @@ func (s *Service) withTxn(ctx context.Context, userID, deviceID, roomID, txnID s
 		}
 		return "", err
 	}
+	s.keepHead(d)
 	return d.out[0].EventID, nil
 }
 
