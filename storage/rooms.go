@@ -159,7 +159,8 @@ type RoomHistoryStore interface {
 	// m.room.history_visibility events and m.room.member events of the
 	// server's users (Value is the visibility or membership). The state of
 	// those kinds before the room's first live timeline event (the state a
-	// join over federation brought) comes first, with NID math.MinInt64.
+	// join over federation brought) comes at NID 0: after backfilled
+	// history (negative nids), before every live event.
 	ServerVisibility(ctx context.Context, roomID, server string) ([]StateChange, error)
 	// EarliestEvent returns the room's accepted timeline event with the
 	// lowest nid, where backfilling goes on from; ErrNotFound if none.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"math"
 	"strings"
 
 	"github.com/tidwall/gjson"
@@ -40,31 +39,31 @@ func firstLiveSnapshot(ctx context.Context, q querier, roomID string) (int64, er
 
 func (s *roomStore) ServerVisibility(ctx context.Context, roomID, server string) ([]storage.StateChange, error) {
 	suffix := ":" + server
-	var out []storage.StateChange
-	add := func(nid int64, id, typ, stateKey, skeleton string) {
+	change := func(nid int64, id, typ, stateKey, skeleton string) storage.StateChange {
 		c := storage.StateChange{NID: nid, EventID: id, Type: typ, StateKey: stateKey}
 		if typ == "m.room.member" {
 			c.Value = gjson.Get(skeleton, "content.membership").String()
 		} else {
 			c.Value = gjson.Get(skeleton, "content.history_visibility").String()
 		}
-		out = append(out, c)
+		return c
 	}
 	snapshot, err := firstLiveSnapshot(ctx, s.db.R, roomID)
 	if err != nil && err != sql.ErrNoRows {
 		return nil, err
 	}
-	base, err := loadSnapshot(ctx, s.db.R, snapshot)
+	state, err := loadSnapshot(ctx, s.db.R, snapshot)
 	if err != nil {
 		return nil, err
 	}
-	for _, ev := range base {
+	var base []storage.StateChange
+	for _, ev := range state {
 		if ev.StateKey == nil {
 			continue
 		}
 		if (ev.Type == "m.room.history_visibility" && *ev.StateKey == "") ||
 			(ev.Type == "m.room.member" && strings.HasSuffix(*ev.StateKey, suffix)) {
-			add(math.MinInt64, ev.EventID, ev.Type, *ev.StateKey, string(ev.JSON))
+			base = append(base, change(0, ev.EventID, ev.Type, *ev.StateKey, string(ev.JSON)))
 		}
 	}
 	// Two index lookups, as in VisibilityChanges. Server names hold no LIKE
@@ -79,6 +78,8 @@ func (s *roomStore) ServerVisibility(ctx context.Context, roomID, server string)
 		return nil, err
 	}
 	defer rows.Close()
+	// In nid order: backfilled changes (below 0), the base at 0, live ones.
+	var out []storage.StateChange
 	for rows.Next() {
 		var (
 			nid                     int64
@@ -90,9 +91,12 @@ func (s *roomStore) ServerVisibility(ctx context.Context, roomID, server string)
 		if typ == "m.room.member" && !strings.HasSuffix(stateKey, suffix) {
 			continue
 		}
-		add(nid, id, typ, stateKey, skel)
+		if nid > 0 && base != nil {
+			out, base = append(out, base...), nil
+		}
+		out = append(out, change(nid, id, typ, stateKey, skel))
 	}
-	return out, rows.Err()
+	return append(out, base...), rows.Err()
 }
 
 func (s *roomStore) EarliestEvent(ctx context.Context, roomID string) (storage.Event, error) {

@@ -173,11 +173,11 @@ func testRoomRead(t *testing.T, open Opener) {
 		}
 		// The server's baseline comes from the join's state.
 		vis, err := rs.ServerVisibility(ctx, w.roomID, "b.test")
-		if err != nil || len(vis) != 2 || vis[0].Value != "shared" || vis[0].NID != math.MinInt64 || vis[1].Value != "join" {
+		if err != nil || len(vis) != 2 || vis[0].Value != "shared" || vis[0].NID != 0 || vis[1].Value != "join" {
 			t.Fatalf("b.test visibility %+v, %v", vis, err)
 		}
 		vis, err = rs.ServerVisibility(ctx, w.roomID, "a.test")
-		if err != nil || len(vis) != 2 || vis[0].NID != math.MinInt64 || vis[1].NID != math.MinInt64 {
+		if err != nil || len(vis) != 2 || vis[0].NID != 0 || vis[1].NID != 0 {
 			t.Fatalf("a.test visibility %+v, %v", vis, err)
 		}
 	})
@@ -210,6 +210,12 @@ func testRoomRead(t *testing.T, open Opener) {
 		}
 		if !(got[0].NID < 0 && got[1].NID == 0 && got[2].EventID == join.EventID) {
 			t.Fatalf("positions: %+v", got)
+		}
+		// ServerVisibility orders the same way.
+		vis, err := rs.ServerVisibility(ctx, w.roomID, "b.test")
+		if err != nil || len(vis) != 3 || vis[0].Value != "world_readable" || vis[0].NID >= 0 ||
+			vis[1].Value != "shared" || vis[1].NID != 0 || vis[2].Value != "join" {
+			t.Fatalf("server visibility %+v, %v", vis, err)
 		}
 		// A room made here has no such entry.
 		local := &roomWriter{roomID: "!local:a.test"}
