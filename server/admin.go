@@ -94,7 +94,7 @@ func Admin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// A deactivated user leaves their rooms (see adminRooms).
 	var roomSvc *rooms.Service
 	svc := accounts.New(store.Accounts(), accounts.Config{ServerName: cfg.ServerName, RegistrationMode: cfg.Registration.Mode}, log, devKeys,
-		accounts.WithRooms(lateRooms(func() *rooms.Service { return roomSvc })))
+		accounts.WithRooms(lateRooms{func() *rooms.Service { return roomSvc }, store.Sync()}))
 	if sub == "deactivate" {
 		if roomSvc, err = adminRooms(cfg, store, svc, log); err != nil {
 			fmt.Fprintln(stderr, "deactivate:", err)

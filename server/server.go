@@ -77,7 +77,7 @@ func New(ctx context.Context, cfg config.Config, log *logrus.Logger) (*Node, err
 	n.Accounts = accounts.New(store.Accounts(), accounts.Config{
 		ServerName:       cfg.ServerName,
 		RegistrationMode: cfg.Registration.Mode,
-	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms(func() *rooms.Service { return n.Rooms })),
+	}, log.WithField("component", "accounts"), n.Keys, accounts.WithRooms(lateRooms{func() *rooms.Service { return n.Rooms }, store.Sync()}),
 		accounts.WithRemoteProfiles(&federation.ProfileQuerier{Client: n.Federation.Client, Key: key}))
 	n.AccountData = accountdata.New(store.AccountData(), notifier, log.WithField("component", "accountdata"),
 		accountdata.WithFederation(cfg.ServerName, n.Federation.Queue, n.Federation.Client)) // typing and receipts out
