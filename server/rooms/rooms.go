@@ -51,6 +51,8 @@ type Service struct {
 	fed *fedState
 	// heads are the rooms' heads the local send path builds on (head.go).
 	heads headCache
+	// group batches the local send path's commits (groupcommit.go).
+	group groupCommit
 }
 
 // New builds the rooms service.
@@ -112,6 +114,9 @@ type draft struct {
 	// joined are the room's joined members before out, when known (from
 	// the room's head): commit wakes them without reading them again.
 	joined []string
+	// grouped: commit may share its transaction with other rooms' drafts
+	// (the local send path; groupcommit.go).
+	grouped bool
 }
 
 // newDraft starts a new room (no events yet).
@@ -274,8 +279,9 @@ func (d *draft) add(sender, typ string, stateKey *string, content any, redacts s
 	return ev, nil
 }
 
-// commit persists the draft's events in one transaction, then wakes the
-// joined members and everyone whose membership changed.
+// commit persists the draft's events in one transaction (which the local
+// send path's drafts share with other rooms' drafts: groupcommit.go), then
+// wakes the joined members and everyone whose membership changed.
 func (d *draft) commit(ctx context.Context) error {
 	if len(d.out) == 0 {
 		return nil
@@ -284,7 +290,12 @@ func (d *draft) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := d.s.store.PersistEvents(ctx, d.out); err != nil {
+	if d.grouped {
+		err = d.s.persistGrouped(ctx, d.out)
+	} else {
+		_, err = d.s.store.PersistEvents(ctx, d.out)
+	}
+	if err != nil {
 		return err
 	}
 	d.s.notifyFederation(dests)

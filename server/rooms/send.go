@@ -63,6 +63,7 @@ func (s *Service) withTxn(ctx context.Context, userID, deviceID, roomID, txnID s
 	if err != nil {
 		return "", err
 	}
+	d.grouped = true
 	if err := build(d, &txn{userID, deviceID, txnID}); err != nil {
 		s.heads.drop(roomID)
 		return "", err
