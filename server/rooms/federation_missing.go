@@ -143,7 +143,7 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 		if i >= missingEventsLimit {
 			break
 		}
-		fe, err := s.checkPDU(ctx, verImpl, raw)
+		fe, err := s.checkPDU(ctx, verImpl, raw, true)
 		if err != nil {
 			log.WithError(err).Info("get_missing_events answered an unusable event")
 			continue
@@ -254,7 +254,7 @@ func (s *Service) fetchStateAfter(ctx context.Context, c GapClient, origin spec.
 	}
 	var fresh []gomatrixserverlib.PDU
 	take := func(raw []byte, wantID string) error {
-		ev, err := s.checkPDU(ctx, verImpl, raw)
+		ev, err := s.checkPDU(ctx, verImpl, raw, true)
 		if err != nil {
 			return err
 		}
@@ -444,7 +444,7 @@ func (s *Service) fetchAuthEvents(ctx context.Context, origin spec.ServerName, v
 	ids := make([]string, 0, len(resp.AuthEvents))
 	parsed := make([]gomatrixserverlib.PDU, 0, len(resp.AuthEvents))
 	for _, raw := range resp.AuthEvents {
-		a, err := s.checkPDU(ctx, verImpl, raw)
+		a, err := s.checkPDU(ctx, verImpl, raw, true)
 		if err != nil {
 			return err
 		}

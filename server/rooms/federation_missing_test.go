@@ -297,8 +297,14 @@ func testStateResolution(t *testing.T, version string) {
 }
 
 func TestFederationConcurrentDemotion(t *testing.T) {
+	for _, version := range []string{"10", "11", "12"} {
+		t.Run("v"+version, func(t *testing.T) { testConcurrentDemotion(t, version) })
+	}
+}
+
+func testConcurrentDemotion(t *testing.T, version string) {
 	ctx := context.Background()
-	a, b, _, alice, bob, roomID := twoServers(t)
+	a, b, _, alice, bob, roomID := twoServersV(t, version)
 	old := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.topic", "", []byte(`{"topic":"agreed"}`)))
 	deliver(t, a, b)
 

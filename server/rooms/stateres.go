@@ -184,12 +184,81 @@ func authEventsOf(ev gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (*gom
 
 // resolveGMSL runs GMSL's resolution; a panic in it (events a remote server
 // crafted) is an error, not the node's end.
-func resolveGMSL(verImpl gomatrixserverlib.IRoomVersion, sets [][]gomatrixserverlib.PDU, chain []gomatrixserverlib.PDU, rejected map[string]bool) (out []gomatrixserverlib.PDU, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			out, err = nil, fmt.Errorf("state resolution failed: %v", r)
+//
+// GMSL's ResolveStateConflictsV2New panics for room version 12 whenever it
+// orders events by their sender's power (conflicted power, membership or
+// join-rules events): it looks the create event up in a partial state it
+// has not built yet ("missing resolved create event"). Those inputs are
+// resolved with GMSL's older ResolveStateConflictsV2, which starts from the
+// unconflicted state (so the create event is there), given the conflicted
+// set as v2 defines it (splitStates). That is deterministic, so every node
+// of ours agrees; it can differ from v2.1 only where v2.1 fixes a state
+// reset.
+func resolveGMSL(verImpl gomatrixserverlib.IRoomVersion, sets [][]gomatrixserverlib.PDU, chain []gomatrixserverlib.PDU, rejected map[string]bool) ([]gomatrixserverlib.PDU, error) {
+	isRejected := func(id string) bool { return rejected[id] }
+	guard := func(f func() []gomatrixserverlib.PDU) (out []gomatrixserverlib.PDU, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				out, err = nil, fmt.Errorf("state resolution failed: %v", r)
+			}
+		}()
+		return f(), nil
+	}
+	algo := verImpl.StateResAlgorithm()
+	if algo != gomatrixserverlib.StateResV2 && algo != gomatrixserverlib.StateResV2_1 {
+		return nil, fmt.Errorf("room version %s: unsupported state resolution algorithm %v", verImpl.Version(), algo)
+	}
+	out, err := guard(func() []gomatrixserverlib.PDU {
+		return gomatrixserverlib.ResolveStateConflictsV2New(algo, sets, chain, userIDForSender, isRejected)
+	})
+	if err == nil || algo != gomatrixserverlib.StateResV2_1 {
+		return out, err
+	}
+	conflicted, unconflicted := splitStates(sets)
+	return guard(func() []gomatrixserverlib.PDU {
+		return gomatrixserverlib.ResolveStateConflictsV2(conflicted, unconflicted, chain, userIDForSender, isRejected)
+	})
+}
+
+// splitStates splits states as state resolution v2 defines: a (type, state
+// key) with the same event in every state is unconflicted, every event of
+// any other key is conflicted.
+func splitStates(sets [][]gomatrixserverlib.PDU) (conflicted, unconflicted []gomatrixserverlib.PDU) {
+	type entry struct {
+		events []gomatrixserverlib.PDU
+		count  int
+	}
+	byKey := map[stateTuple]*entry{}
+	var keys []stateTuple
+	for _, set := range sets {
+		for _, ev := range set {
+			if ev.StateKey() == nil {
+				continue
+			}
+			k := stateTuple{ev.Type(), *ev.StateKey()}
+			e := byKey[k]
+			if e == nil {
+				e = &entry{}
+				byKey[k] = e
+				keys = append(keys, k)
+			}
+			e.count++
+			dup := false
+			for _, x := range e.events {
+				dup = dup || x.EventID() == ev.EventID()
+			}
+			if !dup {
+				e.events = append(e.events, ev)
+			}
 		}
-	}()
-	return gomatrixserverlib.ResolveConflictsNew(verImpl.Version(), sets, chain, userIDForSender,
-		func(id string) bool { return rejected[id] })
+	}
+	for _, k := range keys {
+		e := byKey[k]
+		if len(e.events) == 1 && e.count == len(sets) {
+			unconflicted = append(unconflicted, e.events[0])
+		} else {
+			conflicted = append(conflicted, e.events...)
+		}
+	}
+	return conflicted, unconflicted
 }
