@@ -754,9 +754,42 @@ func (e *fcEnv) fcEventOnA(t *testing.T, roomID, eventID string) *gjson.Result {
 	return &j
 }
 
+// fcJoinRoom has bob and fred join a room alice created, and waits until
+// alice sees both.
+func (e *fcEnv) fcJoinRoom(t *testing.T, roomID string) {
+	t.Helper()
+	for _, c := range []*Client{e.bob, e.fred} {
+		// server_name: a v12 room ID names no server.
+		c.MustDo(t, http.MethodPost, Path("join", roomID)+"?server_name="+url.QueryEscape(e.p.a.ServerName), map[string]any{}, http.StatusOK)
+	}
+	joined := map[string]bool{}
+	e.alice.SyncUntil(t, "", "", func(s gjson.Result) bool {
+		for _, ev := range s.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events").Array() {
+			if ev.Get("type").String() == "m.room.member" && ev.Get("content.membership").String() == "join" {
+				joined[ev.Get("state_key").String()] = true
+			}
+		}
+		return joined[e.bob.UserID] && joined[e.fred.UserID]
+	})
+}
+
 func TestFederationConformanceRoomRules(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
-		e, roomID := fcStartEnv(t, b, map[string]any{"preset": "public_chat", "name": "rules"})
+		e, _ := fcStartEnv(t, b, map[string]any{"preset": "public_chat", "name": "setup"})
+		for _, version := range []string{"10", "11", "12"} {
+			t.Run("room version "+version, func(t *testing.T) {
+				roomID := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat", "name": "rules", "room_version": version})
+				e.fcJoinRoom(t, roomID)
+				fcRoomRules(t, e, roomID)
+			})
+		}
+	})
+}
+
+// fcRoomRules checks the auth and redaction rules on inbound events in one
+// room that bob and fred joined.
+func fcRoomRules(t *testing.T, e *fcEnv, roomID string) {
+	{
 		p, fed := e.p, "/_matrix/federation/v1/"
 		fredAuth := []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}
 		redaction := func(t *testing.T, inRoom, target string, state map[string]string) (string, json.RawMessage) {
@@ -921,5 +954,5 @@ func TestFederationConformanceRoomRules(t *testing.T) {
 			text := e.alice.SendText(t, roomID, "the room goes on")
 			e.bob.SyncUntil(t, "", "", func(s gjson.Result) bool { return timelineHas(s, roomID, text, "") })
 		})
-	})
+	}
 }
