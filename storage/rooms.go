@@ -16,7 +16,8 @@ type RoomStore interface {
 	StateEvents(ctx context.Context, roomID string, keys []StateKey) ([]Event, error)
 	// StateBefore returns the room state before a timeline event: the
 	// snapshot it was stored with. ErrNotFound if the event is unknown,
-	// ErrStateUnknown if it is an outlier. The state after a state event
+	// ErrStateUnknown if it is an outlier or was backfilled (RoomHistoryStore:
+	// stored without its state). The state after a state event
 	// that was not rejected is this plus the event itself.
 	StateBefore(ctx context.Context, eventID string) ([]Event, error)
 	// StateAfter is StateBefore plus the event itself when it is a state

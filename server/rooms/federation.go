@@ -265,7 +265,7 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 	}
 	known := map[string]bool{}
 	for _, p := range prevEvs {
-		if p.RoomID == roomID && !p.Outlier {
+		if p.RoomID == roomID && !p.Outlier && p.NID > 0 { // backfilled: state unknown
 			known[p.EventID] = true
 		}
 	}

@@ -96,7 +96,7 @@ func (s *Service) missingPrevs(ctx context.Context, roomID string, ev gomatrixse
 	}
 	known := map[string]bool{}
 	for _, e := range evs {
-		if e.RoomID == roomID && !e.Outlier {
+		if e.RoomID == roomID && !e.Outlier && e.NID > 0 { // backfilled: state unknown
 			known[e.EventID] = true
 		}
 	}

@@ -46,12 +46,13 @@ func (s *roomStore) StateBefore(ctx context.Context, eventID string) ([]storage.
 		snapshot int64
 		outlier  bool
 	)
-	err := s.db.R.QueryRowContext(ctx, `SELECT COALESCE(graph_state, state_before), outlier FROM events WHERE event_id = $1`,
-		eventID).Scan(&snapshot, &outlier)
+	var nid int64
+	err := s.db.R.QueryRowContext(ctx, `SELECT COALESCE(graph_state, state_before), outlier, event_nid FROM events WHERE event_id = $1`,
+		eventID).Scan(&snapshot, &outlier, &nid)
 	if err != nil {
 		return nil, s.db.mapErr(err)
 	}
-	if outlier {
+	if outlier || nid < 0 { // backfilled events (negative nids) come without their state
 		return nil, storage.ErrStateUnknown
 	}
 	return loadSnapshot(ctx, s.db.R, snapshot)
@@ -70,7 +71,7 @@ func (s *roomStore) StateAfter(ctx context.Context, eventID string) ([]storage.E
 	if err != nil {
 		return nil, s.db.mapErr(err)
 	}
-	if outlier {
+	if outlier || nid < 0 {
 		return nil, storage.ErrStateUnknown
 	}
 	evs, err := loadSnapshot(ctx, s.db.R, snapshot)

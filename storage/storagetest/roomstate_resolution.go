@@ -1,6 +1,7 @@
 package storagetest
 
 import (
+	"errors"
 	"sort"
 	"testing"
 
@@ -208,6 +209,19 @@ func testRoomStateResolution(t *testing.T, open Opener) {
 		joined, err := rs.JoinedMembers(ctx, w.roomID)
 		if err != nil || !equalStrings(joined, []string{alice, bob}) {
 			t.Fatalf("joined = %v, %v", joined, err)
+		}
+	})
+	t.Run("a backfilled event has no known state", func(t *testing.T) {
+		old := storage.NewEvent{EventID: "$fork_backfilled", RoomID: w.roomID, Type: "m.room.message", Sender: bob,
+			OriginServerTS: 1, Depth: 1, Skeleton: []byte(`{"type":"m.room.message"}`), Content: []byte(`{}`)}
+		if _, err := rs.PersistBackfill(ctx, w.roomID, []storage.NewEvent{old}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rs.StateBefore(ctx, old.EventID); !errors.Is(err, storage.ErrStateUnknown) {
+			t.Fatalf("StateBefore: %v, want ErrStateUnknown", err)
+		}
+		if _, err := rs.StateAfter(ctx, old.EventID); !errors.Is(err, storage.ErrStateUnknown) {
+			t.Fatalf("StateAfter: %v, want ErrStateUnknown", err)
 		}
 	})
 	t.Run("a state naming unknown events is an error and stores nothing", func(t *testing.T) {
