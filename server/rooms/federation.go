@@ -388,6 +388,7 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		}
 		return true, refuse("rejected: %s", reason)
 	}
+	var wake []string
 	if !linear {
 		// The room's current state: the resolution of the states after
 		// its forward extremities, this event replacing its prev_events.
@@ -409,6 +410,9 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 				return false, err
 			}
 			ne.CurrentState = eventIDs(resolved)
+			if wake, err = s.membersResolved(ctx, roomID, resolved); err != nil {
+				return false, err
+			}
 		}
 	}
 	if ev.Type() == spec.MRoomRedaction && ne.Redacts != "" {
@@ -459,7 +463,39 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		return false, err
 	}
 	s.notifyFederation(relay)
+	if len(wake) > 0 && s.waker != nil {
+		s.waker.Wake(wake...) // commit woke the joined members and the event's target
+	}
 	return true, nil
+}
+
+// membersResolved lists the users whose membership event in the room's
+// current state differs in the resolved state (a resolution can change
+// memberships the event itself does not name).
+func (s *Service) membersResolved(ctx context.Context, roomID string, resolved []gomatrixserverlib.PDU) ([]string, error) {
+	cur, err := s.store.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	was := map[string]string{}
+	for _, c := range cur {
+		if c.Type == spec.MRoomMember && c.StateKey != nil {
+			was[*c.StateKey] = c.EventID
+		}
+	}
+	var out []string
+	for _, p := range resolved {
+		if p.Type() == spec.MRoomMember && p.StateKey() != nil {
+			if was[*p.StateKey()] != p.EventID() {
+				out = append(out, *p.StateKey())
+			}
+			delete(was, *p.StateKey())
+		}
+	}
+	for u := range was {
+		out = append(out, u)
+	}
+	return out, nil
 }
 
 // currentAuthState is the part of the room's current state the auth rules
