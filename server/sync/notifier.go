@@ -16,6 +16,8 @@ import stdsync "sync"
 type Notifier struct {
 	mu      stdsync.Mutex
 	waiters map[string]*waiter
+	// wakes counts the Wakes of each user (whether anyone listened).
+	wakes map[string]uint64
 }
 
 // waiter is the channel all current listeners of one user share; Wake
@@ -26,7 +28,9 @@ type waiter struct {
 }
 
 // NewNotifier builds an idle notifier.
-func NewNotifier() *Notifier { return &Notifier{waiters: map[string]*waiter{}} }
+func NewNotifier() *Notifier {
+	return &Notifier{waiters: map[string]*waiter{}, wakes: map[string]uint64{}}
+}
 
 // Wake tells the notifier that these users have something new: every
 // channel Listen gave out for them is closed.
@@ -34,6 +38,7 @@ func (n *Notifier) Wake(userIDs ...string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, u := range userIDs {
+		n.wakes[u]++
 		if w, ok := n.waiters[u]; ok {
 			close(w.ch)
 			delete(n.waiters, u)
@@ -64,6 +69,13 @@ func (n *Notifier) Listen(userID string) (<-chan struct{}, func()) {
 			}
 		})
 	}
+}
+
+// wakeCount is how many times userID was woken so far.
+func (n *Notifier) wakeCount(userID string) uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.wakes[userID]
 }
 
 // listeners counts the users with someone waiting (for tests).

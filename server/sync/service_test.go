@@ -327,4 +327,40 @@ func TestSyncLongPoll(t *testing.T) {
 			t.Fatalf("after the stream moved: %v, to_device %s", err, resp.ToDevice.Events)
 		}
 	})
+	t.Run("a long-poll from the device's last answer waits without reading the streams; a wake in between is not lost", func(t *testing.T) {
+		e := &extras{}
+		svc, n := newTestService(t, e)
+		first, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Committed and woken between the answer and the next long-poll:
+		// the long-poll answers at once.
+		e.mu.Lock()
+		e.adPos = 1
+		e.global = []json.RawMessage{json.RawMessage(`{"type":"m.direct","content":{}}`)}
+		e.mu.Unlock()
+		n.Wake("@a:x")
+		resp, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: first.NextBatch, Timeout: time.Minute})
+		if err != nil || len(resp.AccountData.Events) != 1 {
+			t.Fatalf("long-poll after a wake: %v, account data %s", err, resp.AccountData.Events)
+		}
+		// A to-device queue longer than a batch: the partial answer is not
+		// current, the next long-poll gets the rest at once.
+		e.mu.Lock()
+		for i := 0; i < maxToDevice+5; i++ {
+			e.toDevice = append(e.toDevice, json.RawMessage(`{"type":"m.test","content":{}}`))
+		}
+		e.tdPos = int64(len(e.toDevice))
+		e.mu.Unlock()
+		n.Wake("@a:x")
+		part, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: resp.NextBatch, Timeout: time.Minute})
+		if err != nil || len(part.ToDevice.Events) != maxToDevice {
+			t.Fatalf("first batch: %v, %d messages", err, len(part.ToDevice.Events))
+		}
+		rest, err := svc.Sync(t.Context(), Request{UserID: "@a:x", DeviceID: "D", Since: part.NextBatch, Timeout: time.Minute})
+		if err != nil || len(rest.ToDevice.Events) != 5 {
+			t.Fatalf("rest: %v, %d messages", err, len(rest.ToDevice.Events))
+		}
+	})
 }

@@ -31,6 +31,15 @@ type Service struct {
 	// delete for that device.
 	tdMu    stdsync.Mutex
 	tdAcked map[[2]string]int64
+	// answered is, per user and device, the last complete next_batch and
+	// the user's wake count before it was built (see Sync).
+	ansMu    stdsync.Mutex
+	answered map[[2]string]answer
+}
+
+type answer struct {
+	token string
+	wakes uint64
 }
 
 // New builds the sync service around its notifier. accountData and e2ee may
@@ -43,7 +52,7 @@ func New(store storage.SyncStore, notifier *Notifier, accountData AccountData, e
 		log.Warn("sync: no E2EE service: to-device messages, device lists and key counts stay empty")
 	}
 	s := &Service{store: store, notifier: notifier, accountData: accountData, e2ee: e2ee, log: log,
-		tdAcked: map[[2]string]int64{}}
+		tdAcked: map[[2]string]int64{}, answered: map[[2]string]answer{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -82,6 +91,9 @@ type Response struct {
 	DeviceLists   DeviceLists    `json:"device_lists"`
 	OTKCounts     map[string]int `json:"device_one_time_keys_count"`
 	FallbackTypes []string       `json:"device_unused_fallback_key_types"`
+	// partial: next_batch stops short of the streams' positions (the
+	// to-device queue was longer than a batch).
+	partial bool
 }
 
 // Rooms holds the rooms by the user's membership.
@@ -177,21 +189,31 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	waitFirst := req.Since != "" && !req.FullState && timeout > 0
+	key := [2]string{req.UserID, req.DeviceID}
 	for {
 		// The channel is taken before the read: a wake that lands after the
 		// read closes it, so it is never lost.
 		woken, release := s.notifier.Listen(req.UserID)
+		wakes := s.notifier.wakeCount(req.UserID) // after Listen: a later wake closes woken
 		if waitFirst {
 			// A long-poll from the current position has nothing to build
 			// until something commits: wait for the wake first (a fan-out
 			// would otherwise build every listener's empty answer twice).
+			// The position is current when it is the device's last
+			// complete answer and the user was not woken since (services
+			// wake after every commit that changes a user's sync), else
+			// when it equals the streams' positions.
 			waitFirst = false
-			to, err := s.positions(ctx)
-			if err != nil {
-				release()
-				return nil, err
+			current := s.lastAnswer(key) == answer{req.Since, wakes}
+			if !current {
+				to, err := s.positions(ctx)
+				if err != nil {
+					release()
+					return nil, err
+				}
+				current = to == since
 			}
-			if to == since {
+			if current {
 				select {
 				case <-woken:
 					release()
@@ -206,6 +228,11 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 			}
 		}
 		resp, empty, err := s.build(ctx, req, since, filter)
+		if err == nil && !resp.partial {
+			s.ansMu.Lock()
+			s.answered[key] = answer{resp.NextBatch, wakes}
+			s.ansMu.Unlock()
+		}
 		if err != nil || !empty || req.Since == "" || req.FullState {
 			release()
 			return resp, err
@@ -224,6 +251,12 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 			return resp, nil
 		}
 	}
+}
+
+func (s *Service) lastAnswer(key [2]string) answer {
+	s.ansMu.Lock()
+	defer s.ansMu.Unlock()
+	return s.answered[key]
 }
 
 // finalBuild answers a long-poll that ended (timeout, or the client went
@@ -476,6 +509,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 		if tdTo != to.ToDevice {
 			to.ToDevice = tdTo
 			resp.NextBatch = to.String()
+			resp.partial = true
 		}
 		resp.ToDevice = list(td)
 		if len(td) > 0 {
