@@ -3,6 +3,8 @@ package sytest
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -163,6 +165,41 @@ func (e *fcEnv) fcBuild(t *testing.T, p fcProto) (string, json.RawMessage) {
 	return ev.EventID(), ev.JSON()
 }
 
+// fcResign gives a PDU a new content, then recomputes its content hash and
+// signs it again with the fake server's key, bypassing GMSL's builder
+// (which refuses what the test wants to send: oversized events, floats).
+// For an m.room.message the event ID stays (content is not in the
+// reference hash).
+func (e *fcEnv) fcResign(t *testing.T, ver gomatrixserverlib.RoomVersion, pdu json.RawMessage, content json.RawMessage) json.RawMessage {
+	t.Helper()
+	ev, err := sjson.SetRawBytes(pdu, "content", content)
+	if err == nil {
+		ev, err = sjson.DeleteBytes(ev, "signatures")
+	}
+	if err == nil {
+		ev, err = sjson.DeleteBytes(ev, "hashes")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(gomatrixserverlib.CanonicalJSONAssumeValid(ev))
+	if ev, err = sjson.SetBytes(ev, "hashes", map[string]string{"sha256": base64.RawStdEncoding.EncodeToString(sum[:])}); err != nil {
+		t.Fatal(err)
+	}
+	redacted, err := gomatrixserverlib.MustGetRoomVersion(ver).RedactEventJSON(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := gomatrixserverlib.SignJSON(string(e.fKey.ServerName), e.fKey.KeyID, e.fKey.Private, gomatrixserverlib.CanonicalJSONAssumeValid(redacted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err = sjson.SetRawBytes(ev, "signatures", []byte(gjson.GetBytes(signed, "signatures").Raw)); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
 // fcMessage is a PDU of fred's: an m.room.message allowed by the room.
 func (e *fcEnv) fcMessage(t *testing.T, roomID, body string) (string, json.RawMessage) {
 	t.Helper()
@@ -186,6 +223,16 @@ func fcRefused(t *testing.T, res gjson.Result, eventID, reason string) {
 	t.Helper()
 	if got := fcResult(t, res, eventID); got == "" || !strings.Contains(got, reason) {
 		t.Fatalf("result for %s: %q; want an error naming %q (answer %s)", eventID, got, reason, res.Raw)
+	}
+}
+
+// fcDropped: a PDU that does not parse as an event of the room's version
+// has no result or an error result (Synapse leaves such PDUs out of the
+// answer too: their event ID cannot be computed).
+func fcDropped(t *testing.T, res gjson.Result, eventID string) {
+	t.Helper()
+	if r := res.Get("pdus." + gjson.Escape(eventID)); r.Exists() && r.Get("error").String() == "" {
+		t.Fatalf("PDU %s accepted: %s", eventID, res.Raw)
 	}
 }
 
@@ -361,6 +408,27 @@ func TestFederationConformanceBadInput(t *testing.T) {
 			e.fcNotServed(t, id)
 		})
 
+		t.Run("PUT /send refuses an event over 65536 bytes, stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			id, pdu := e.fcMessage(t, roomID, "soon too big")
+			big := e.fcResign(t, e.fcRoomVersion(t, roomID), pdu, json.RawMessage(`{"msgtype":"m.text","body":"`+strings.Repeat("x", 70000)+`"}`))
+			fcDropped(t, e.fcSend(t, e.fKey, []json.RawMessage{big}), id)
+			fcLogged(t, p.a, "dropped a PDU that is not an event", "event is too long")
+			e.fcNotStored(t, roomID, since, id)
+			e.fcNotServed(t, id)
+		})
+
+		t.Run("PUT /send refuses an event whose JSON is not canonical for its room version (float, integer beyond 2^53), stores nothing", func(t *testing.T) {
+			since := e.fcSince(t)
+			for name, value := range map[string]string{"float": "1.5", "huge integer": "9007199254740993"} {
+				id, pdu := e.fcMessage(t, roomID, "number "+name)
+				bad := e.fcResign(t, e.fcRoomVersion(t, roomID), pdu, json.RawMessage(`{"msgtype":"m.text","body":"number","n":`+value+`}`))
+				fcDropped(t, e.fcSend(t, e.fKey, []json.RawMessage{bad}), id)
+				fcLogged(t, p.a, "dropped a PDU that is not an event", "value is outside of safe range")
+				e.fcNotStored(t, roomID, since, id)
+			}
+		})
+
 		t.Run("a replayed transaction ID answers as the first time and does not take the new PDU", func(t *testing.T) {
 			since := e.fcSince(t)
 			txnID := fmt.Sprintf("fc-replay-%d", time.Now().UnixNano())
@@ -497,6 +565,28 @@ func TestFederationConformanceBadInput(t *testing.T) {
 				return sawTyping && sawReceipt
 			})
 			fcLogged(t, p.a, "m.typing user is not a user of the origin", "not from the origin")
+		})
+
+		t.Run("an m.direct_to_device EDU whose sender is a user of another server is dropped and logged", func(t *testing.T) {
+			since := e.alice.Sync(t, "").Get("next_batch").String()
+			forged := map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+				"sender": "@mallory:" + p.a.ServerName, "type": "m.fc.forged", "message_id": "fc-forged-1",
+				"messages": map[string]any{e.alice.UserID: map[string]any{e.alice.DeviceID: map[string]any{"x": 1}}}}}
+			honest := map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+				"sender": e.bob.UserID, "type": "m.fc.honest", "message_id": "fc-honest-1",
+				"messages": map[string]any{e.alice.UserID: map[string]any{e.alice.DeviceID: map[string]any{"x": 2}}}}}
+			e.fcSend(t, e.bKey, nil, forged, honest)
+			e.alice.SyncUntil(t, since, "", func(s gjson.Result) bool {
+				got := false
+				for _, ev := range s.Get("to_device.events").Array() {
+					if ev.Get("type").String() == "m.fc.forged" {
+						t.Fatalf("a forged to-device message reached alice: %s", ev.Raw)
+					}
+					got = got || ev.Get("type").String() == "m.fc.honest"
+				}
+				return got
+			})
+			fcLogged(t, p.a, "m.direct_to_device sender is not a user of the origin")
 		})
 
 		// A room org-b has no member in.
