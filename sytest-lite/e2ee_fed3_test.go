@@ -65,9 +65,9 @@ func TestThreeNodeE2EE(t *testing.T) {
 		var room id.RoomID
 		var texts []string
 		// sendSeen has from send a message and waits until every other
-		// member decrypted it, so each event is on every node before the
-		// next is made. (Senders on three nodes at once make PDUs arrive
-		// out of order: see federation3_pending_test.go.)
+		// member decrypted it, so each room key is on every node before the
+		// next message. (Senders on three nodes at once, PDUs arriving out
+		// of order, are TestThreeNodePendingBurst.)
 		sendSeen := func(t *testing.T, from *megolmDevice, text string, to ...*megolmDevice) {
 			t.Helper()
 			evID := from.send(t, room, text)
