@@ -325,6 +325,11 @@ func (e *env) catchup(ctx context.Context, cfg catchupConfig) ([]result, error) 
 		return nil, errors.New("catchup: give both -down-cmd and -up-cmd, or neither")
 	}
 	cfg.users, cfg.senders = max(cfg.users, 1), max(cfg.senders, 1)
+	for _, base := range []string{e.base, cfg.base2} {
+		if err := waitReady(ctx, e.hc, base, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
 	e.log("catchup: registering %d users on %s and one on %s", cfg.users, e.base, cfg.base2)
 	senders, err := e.setupUsers(ctx, cfg.users)
 	if err != nil {
