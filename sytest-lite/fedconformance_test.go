@@ -663,7 +663,21 @@ func ptrTo(s string) *string { return &s }
 
 func TestFederationConformanceJoins(t *testing.T) {
 	Backends(t, func(t *testing.T, b Backend) {
-		e, roomID := fcStartEnv(t, b, map[string]any{"preset": "public_chat"})
+		e, _ := fcStartEnv(t, b, map[string]any{"preset": "public_chat", "name": "setup"})
+		for _, version := range []string{"10", "11", "12"} {
+			t.Run("room version "+version, func(t *testing.T) {
+				roomID := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat", "room_version": version})
+				e.fcJoinRoom(t, roomID)
+				fcJoins(t, e, roomID)
+			})
+		}
+	})
+}
+
+// fcJoins checks make_join, send_join and invite (v2) in one room that bob
+// and fred joined.
+func fcJoins(t *testing.T, e *fcEnv, roomID string) {
+	{
 		p, fed := e.p, "/_matrix/federation/v1/"
 		ver := e.fcRoomVersion(t, roomID)
 		carol := "@carol:" + e.fake.ServerName
@@ -783,6 +797,68 @@ func TestFederationConformanceJoins(t *testing.T) {
 			}
 		})
 
+		t.Run("make_join then send_join by a user of another server: the state before the join, a complete auth chain, and the join relayed to the room's other servers", func(t *testing.T) {
+			erin := "@erin:" + e.fake.ServerName
+			status, res := makeJoin(t, roomID, erin, "?ver=10&ver=11&ver=12")
+			if status != http.StatusOK {
+				t.Fatalf("make_join: %d %s", status, res.Raw)
+			}
+			var proto gomatrixserverlib.ProtoEvent
+			if err := json.Unmarshal([]byte(res.Get("event").Raw), &proto); err != nil {
+				t.Fatal(err)
+			}
+			ev, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), e.fKey.ServerName, e.fKey.KeyID, e.fKey.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bobSince := e.bob.Sync(t, "").Get("next_batch").String()
+			status, res = sendJoin(t, ev.EventID(), ev.JSON())
+			if status != http.StatusOK || res.Get("origin").String() != p.a.ServerName {
+				t.Fatalf("send_join: %d %.500s", status, res.Raw)
+			}
+			have := map[string]bool{}
+			types := map[string]bool{}
+			for _, x := range append(res.Get("state").Array(), res.Get("auth_chain").Array()...) {
+				id, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventFromTrustedJSON([]byte(x.Raw), false)
+				if err != nil {
+					t.Fatalf("served event does not parse: %v", err)
+				}
+				have[id.EventID()] = true
+			}
+			for _, x := range res.Get("state").Array() {
+				types[x.Get("type").String()+"|"+x.Get("state_key").String()] = true
+				if x.Get("state_key").String() == erin {
+					t.Fatalf("state holds the join itself: %s", x.Raw)
+				}
+			}
+			for _, k := range []string{"m.room.create|", "m.room.power_levels|", "m.room.join_rules|", "m.room.member|" + e.alice.UserID, "m.room.member|" + e.bob.UserID} {
+				if !types[k] {
+					t.Fatalf("state lacks %s: %v", k, types)
+				}
+			}
+			for _, x := range append(res.Get("state").Array(), res.Get("auth_chain").Array()...) {
+				for _, a := range x.Get("auth_events").Array() {
+					if !have[a.String()] {
+						t.Fatalf("auth event %s of %s is in neither state nor auth_chain", a.String(), x.Get("type").String())
+					}
+				}
+			}
+			for _, srv := range []string{p.a.ServerName, p.b.ServerName, e.fake.ServerName} {
+				found := false
+				for _, s := range res.Get("servers_in_room").Array() {
+					found = found || s.String() == srv
+				}
+				if !found {
+					t.Fatalf("servers_in_room lacks %s: %s", srv, res.Get("servers_in_room").Raw)
+				}
+			}
+			m := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.member", erin), nil, http.StatusOK)
+			if m.Get("membership").String() != "join" {
+				t.Fatalf("erin on A: %s", m.Raw)
+			}
+			e.bob.SyncUntil(t, bobSince, "", func(s gjson.Result) bool { return timelineHas(s, roomID, ev.EventID(), "") })
+		})
+
 		invite := func(t *testing.T, key signing.Key, roomVersion string, pdu json.RawMessage, id string) (int, gjson.Result) {
 			t.Helper()
 			body := map[string]any{"room_version": roomVersion, "event": pdu, "invite_room_state": []any{}}
@@ -827,7 +903,7 @@ func TestFederationConformanceJoins(t *testing.T) {
 				t.Fatalf("invite in version 999: %d %s", status, res.Raw)
 			}
 		})
-	})
+	}
 }
 
 // fcEventOnA is an event as alice's client reads it (nil when 404).
@@ -946,6 +1022,18 @@ func fcRoomRules(t *testing.T, e *fcEnv, roomID string) {
 				content: map[string]any{"msgtype": "m.text", "body": "cross-room auth"}, auth: fredAuth, state: st})
 			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
 				t.Fatal("an event with an auth event of another room was accepted")
+			}
+			e.fcNotStored(t, roomID, since, id)
+		})
+
+		t.Run("an event whose prev_events are in another room is refused", func(t *testing.T) {
+			since := e.fcSince(t)
+			other := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			elsewhere := e.alice.SendText(t, other, "elsewhere")
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+				content: map[string]any{"msgtype": "m.text", "body": "cross-room prev"}, auth: fredAuth, prevs: []string{elsewhere}})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatal("an event with a prev_event of another room was accepted")
 			}
 			e.fcNotStored(t, roomID, since, id)
 		})
