@@ -502,6 +502,27 @@ func TestFederationConformanceBadInput(t *testing.T) {
 			fcLogged(t, p.a, "signature not valid with any key of the origin")
 		})
 
+		t.Run("X-Matrix with a key ID org-b does not have, over another body, or claiming to come from org-a itself is 401 M_UNAUTHORIZED", func(t *testing.T) {
+			path := fed + "send/" + fmt.Sprintf("fc-auth-%d", time.Now().UnixNano())
+			body := map[string]any{"origin": p.b.ServerName, "pdus": []any{}}
+			unknownKey := e.bKey
+			unknownKey.KeyID = "ed25519:fcnope"
+			otherBody := unsignedFedRequest(t, p.a, http.MethodPut, path, []byte(`{"origin":"`+p.b.ServerName+`","pdus":[],"edus":[]}`))
+			otherBody.Header.Set("Authorization", fedtest.SignedRequest(t, e.bKey, http.MethodPut, e.dest, path, body, p.a.FedAddr).Header.Get("Authorization"))
+			aKey := signingKey(t, p.a)
+			for name, req := range map[string]*http.Request{
+				"unknown key ID":     fedtest.SignedRequest(t, unknownKey, http.MethodPut, e.dest, path, body, p.a.FedAddr),
+				"other body":         otherBody,
+				"origin is the node": fedtest.SignedRequest(t, aKey, http.MethodPut, e.dest, path, body, p.a.FedAddr),
+			} {
+				status, res := p.fedDo(t, p.a, req)
+				if status != http.StatusUnauthorized || res.Get("errcode").String() != "M_UNAUTHORIZED" {
+					t.Fatalf("%s: %d %s", name, status, res.Raw)
+				}
+			}
+			fcLogged(t, p.a, "X-Matrix origin is this server")
+		})
+
 		t.Run("a request body over the size limit is 413 M_TOO_LARGE", func(t *testing.T) {
 			big := []byte(`{"pdus":[],"pad":"` + strings.Repeat("x", 9<<20) + `"}`)
 			req := unsignedFedRequest(t, p.a, http.MethodPut, fed+"send/fc-big", big)
@@ -565,6 +586,22 @@ func TestFederationConformanceBadInput(t *testing.T) {
 				return sawTyping && sawReceipt
 			})
 			fcLogged(t, p.a, "m.typing user is not a user of the origin", "not from the origin")
+		})
+
+		t.Run("m.typing for a room the user is not in is ignored", func(t *testing.T) {
+			lonely := e.alice.CreateRoom(t, map[string]any{"preset": "private_chat"})
+			since := e.fcSince(t)
+			e.fcSend(t, e.bKey, nil, map[string]any{"edu_type": "m.typing", "content": map[string]any{"room_id": lonely, "user_id": e.bob.UserID, "typing": true}})
+			marker := e.alice.SendText(t, lonely, "marker")
+			e.alice.SyncUntil(t, since, "", func(s gjson.Result) bool {
+				room := s.Get("rooms.join." + gjson.Escape(lonely))
+				for _, ev := range room.Get("ephemeral.events").Array() {
+					if strings.Contains(ev.Raw, e.bob.UserID) {
+						t.Fatalf("bob shows typing in a room he is not in: %s", ev.Raw)
+					}
+				}
+				return timelineHas(s, lonely, marker, "")
+			})
 		})
 
 		t.Run("an m.direct_to_device EDU whose sender is a user of another server is dropped and logged", func(t *testing.T) {
