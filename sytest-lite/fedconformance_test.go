@@ -626,6 +626,39 @@ func TestFederationConformanceBadInput(t *testing.T) {
 			fcLogged(t, p.a, "m.direct_to_device sender is not a user of the origin")
 		})
 
+		t.Run("m.room.server_acl denying a server: its room requests are 403 M_FORBIDDEN and its PDUs refused with a reason", func(t *testing.T) {
+			acl := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat"})
+			e.fcJoinRoom(t, acl)
+			evID := e.fcLatest(t, acl)
+			_, pdu := e.fcMessage(t, acl, "before the ACL")
+			e.alice.MustDo(t, http.MethodPut, Path("rooms", acl, "state", "m.room.server_acl", ""),
+				map[string]any{"allow": []string{"*"}, "deny": []string{e.fake.ServerName}, "allow_ip_literals": true}, http.StatusOK)
+			for _, ep := range []struct {
+				method, path string
+				body         any
+			}{
+				{http.MethodGet, fed + "state_ids/" + url.PathEscape(acl) + "?event_id=" + url.QueryEscape(evID), nil},
+				{http.MethodGet, fed + "state/" + url.PathEscape(acl) + "?event_id=" + url.QueryEscape(evID), nil},
+				{http.MethodGet, fed + "backfill/" + url.PathEscape(acl) + "?limit=5&v=" + url.QueryEscape(evID), nil},
+				{http.MethodGet, fed + "event_auth/" + url.PathEscape(acl) + "/" + url.PathEscape(evID), nil},
+				{http.MethodPost, fed + "get_missing_events/" + url.PathEscape(acl), map[string]any{"earliest_events": []string{}, "latest_events": []string{evID}}},
+				{http.MethodGet, fed + "make_join/" + url.PathEscape(acl) + "/" + url.PathEscape("@zoe:"+e.fake.ServerName) + "?ver=10&ver=11&ver=12", nil},
+				{http.MethodGet, fed + "make_leave/" + url.PathEscape(acl) + "/" + url.PathEscape(e.fred.UserID), nil},
+			} {
+				status, res := e.fcFed(t, e.fKey, ep.method, ep.path, ep.body)
+				if status != http.StatusForbidden || res.Get("errcode").String() != "M_FORBIDDEN" {
+					t.Fatalf("%s %s from a denied server: %d %s", ep.method, ep.path, status, res.Raw)
+				}
+			}
+			res := e.fcSend(t, e.fKey, []json.RawMessage{pdu})
+			for id, r := range res.Get("pdus").Map() {
+				if r.Get("error").String() == "" {
+					t.Fatalf("PDU %s of a denied server accepted: %s", id, res.Raw)
+				}
+				e.alice.MustFail(t, http.MethodGet, Path("rooms", acl, "event", id), nil, http.StatusNotFound, "M_NOT_FOUND")
+			}
+		})
+
 		// A room org-b has no member in.
 		private := e.alice.CreateRoom(t, map[string]any{"preset": "private_chat", "name": "org-a only"})
 		secret := e.alice.SendText(t, private, "org-a internal")
