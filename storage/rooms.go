@@ -129,6 +129,10 @@ type NewEvent struct {
 	// Either way it is stored for the graph, changes no state, is no
 	// forward extremity and never reaches /sync.
 	Rejected, SoftFailed bool
+	// FromOutlier: the event may be stored as an outlier already (fetched
+	// for a state or an auth chain); it then becomes a timeline event, at
+	// a new position, and every reference to the outlier follows it.
+	FromOutlier bool
 }
 
 // NewRoom is the room row a create event makes.

@@ -249,8 +249,12 @@ const (
 // stored and refused.
 func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, o admitOpts) (bool, error) {
 	roomID := ev.RoomID().String()
-	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
-		return false, nil // already have it
+	fromOutlier := false
+	if have, err := s.store.Event(ctx, ev.EventID()); err == nil {
+		if !have.Outlier || have.RoomID != roomID {
+			return false, nil // already have it
+		}
+		fromOutlier = true // fetched for a state or auth chain: now it joins the timeline
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return false, err
 	}
@@ -371,6 +375,7 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 	if err != nil {
 		return false, refuse("cannot store the event: %v", err)
 	}
+	ne.FromOutlier = fromOutlier
 	if before != nil {
 		ne.StateBefore = eventIDs(before)
 	}
@@ -380,7 +385,13 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		ne.Rejected, ne.SoftFailed = result == rejected, result == softFailed
 		ne.Redacts = ""
 		if _, err := s.store.PersistEvents(ctx, []storage.NewEvent{ne}); err != nil {
-			return false, err
+			if ne.FromOutlier || !s.isOutlier(ctx, ne.EventID) {
+				return false, err
+			}
+			ne.FromOutlier = true // a gap fill stored it meanwhile
+			if _, err := s.store.PersistEvents(ctx, []storage.NewEvent{ne}); err != nil {
+				return false, err
+			}
 		}
 		if result == softFailed {
 			log.WithField("reason", reason).Info("soft-failed an inbound event")
@@ -460,13 +471,27 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 	}
 	d := &draft{s: s, verImpl: verImpl, roomID: roomID, out: []storage.NewEvent{ne}}
 	if err := d.commit(ctx); err != nil {
-		return false, err
+		if ne.FromOutlier || !s.isOutlier(ctx, ne.EventID) {
+			return false, err
+		}
+		// A gap fill (without the room lock) stored it as an outlier
+		// meanwhile.
+		d.out[0].FromOutlier = true
+		if err := d.commit(ctx); err != nil {
+			return false, err
+		}
 	}
 	s.notifyFederation(relay)
 	if len(wake) > 0 && s.waker != nil {
 		s.waker.Wake(wake...) // commit woke the joined members and the event's target
 	}
 	return true, nil
+}
+
+// isOutlier tells whether the event is stored as an outlier.
+func (s *Service) isOutlier(ctx context.Context, eventID string) bool {
+	ev, err := s.store.Event(ctx, eventID)
+	return err == nil && ev.Outlier
 }
 
 // membersResolved lists the users whose membership event in the room's

@@ -56,9 +56,9 @@ func (s *Service) gapClient() GapClient {
 // lock, then the event is checked and stored under it.
 func (s *Service) receiveEvent(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
 	roomID := ev.RoomID().String()
-	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
-		return nil // already have it
-	} else if !errors.Is(err, storage.ErrNotFound) {
+	if have, err := s.store.Event(ctx, ev.EventID()); err == nil && !have.Outlier {
+		return nil // already have it (an outlier joins the timeline now)
+	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
 	missing, err := s.missingPrevs(ctx, roomID, ev)
@@ -179,7 +179,7 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 // fetched.
 func (s *Service) takeFetched(ctx context.Context, c GapClient, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
 	roomID := ev.RoomID().String()
-	if _, err := s.store.Event(ctx, ev.EventID()); err == nil {
+	if have, err := s.store.Event(ctx, ev.EventID()); err == nil && !have.Outlier {
 		return nil
 	}
 	missing, err := s.missingPrevs(ctx, roomID, ev)
@@ -290,7 +290,15 @@ func (s *Service) fetchStateAfter(ctx context.Context, c GapClient, origin spec.
 			return nil, err
 		}
 	}
-	refused, err := s.storeOutliers(ctx, verImpl, fresh, byID)
+	// prev itself is stored only when it is state (a message is not part
+	// of any state and comes later as a timeline event).
+	toStore := fresh[:0:0]
+	for _, f := range fresh {
+		if f.EventID() != prev || f.StateKey() != nil {
+			toStore = append(toStore, f)
+		}
+	}
+	refused, err := s.storeOutliers(ctx, verImpl, toStore, byID)
 	if err != nil {
 		return nil, err
 	}

@@ -235,6 +235,36 @@ func TestFederationMissingEvents(t *testing.T) {
 		if ext := b.extremities(t, roomID); !has(ext, last) {
 			t.Fatalf("b's extremities %v lack %s", ext, last)
 		}
+		// The gap's events come late (a's queue retrying): all join b's
+		// timeline, the topic b had fetched as an outlier for the state too.
+		if ev := must[storage.Event](t)(b.store.Rooms().Event(ctx, topic)); !ev.Outlier {
+			t.Fatal("the topic at the gap's edge was not fetched as an outlier")
+		}
+		rv := gomatrixserverlib.RoomVersion(must[string](t)(a.store.Rooms().RoomVersion(ctx, roomID)))
+		onB := b.timeline(t, roomID)
+		topicDepth := must[storage.Event](t)(a.store.Rooms().Event(ctx, topic)).Depth
+		var late []string
+		for _, ev := range must[[]storage.Event](t)(a.store.Sync().RoomEvents(ctx, roomID, storage.EventQuery{})) {
+			if ev.Depth < topicDepth || has(onB, ev.EventID) {
+				continue
+			}
+			late = append(late, ev.EventID)
+			if err := b.rooms.Inbox().ReceivePDU(ctx, a.key.ServerName, rv, ev.JSON); err != nil {
+				t.Fatalf("b refused %s delivered late: %v", ev.EventID, err)
+			}
+		}
+		onB = b.timeline(t, roomID)
+		for _, id := range late {
+			if !has(onB, id) {
+				t.Fatalf("%s delivered late is not in b's timeline", id)
+			}
+		}
+		if ev := must[storage.Event](t)(b.store.Rooms().Event(ctx, topic)); ev.Outlier {
+			t.Fatal("the topic is still an outlier")
+		}
+		if fmt.Sprint(b.stateIDs(t, roomID)) != fmt.Sprint(a.stateIDs(t, roomID)) {
+			t.Fatal("states differ after the late delivery")
+		}
 		// b sends on: a accepts it (b's prev is a's event)
 		bobMsg := must[string](t)(b.rooms.Send(ctx, bob, "D", roomID, "m.room.message", "after", []byte(`{"body":"after"}`)))
 		deliver(t, b, a)

@@ -152,7 +152,7 @@ func stateBefore(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) 
 }
 
 func persistEvent(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int64, error) {
-	if ev.StateBefore != nil || ev.CurrentState != nil || ev.Rejected || ev.SoftFailed {
+	if ev.StateBefore != nil || ev.CurrentState != nil || ev.Rejected || ev.SoftFailed || ev.FromOutlier {
 		return persistResolved(ctx, tx, ev) // roomstate.go
 	}
 	if ev.NewRoom != nil {

@@ -271,6 +271,21 @@ func persistResolved(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int
 	if ev.NewRoom != nil {
 		return 0, fmt.Errorf("a create event is stored on the room's (empty) current state")
 	}
+	var outlierNID int64
+	if ev.FromOutlier {
+		err := tx.QueryRowContext(ctx, `SELECT event_nid FROM events WHERE event_id = $1 AND outlier`, ev.EventID).Scan(&outlierNID)
+		if err != nil && err != sql.ErrNoRows {
+			return 0, err
+		}
+		if outlierNID != 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM event_content WHERE event_nid = $1`, outlierNID); err != nil {
+				return 0, err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE event_nid = $1`, outlierNID); err != nil {
+				return 0, err
+			}
+		}
+	}
 	curSnap, err := stateBefore(ctx, tx, ev.RoomID)
 	if err != nil {
 		return 0, err
@@ -298,6 +313,15 @@ func persistResolved(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int
 	if ev.TxnID != "" {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO event_txns (user_id, device_id, txn_id, event_nid) VALUES ($1, $2, $3, $4)`,
 			ev.TxnUserID, ev.TxnDeviceID, ev.TxnID, nid); err != nil {
+			return 0, err
+		}
+	}
+	if outlierNID != 0 {
+		// (curSnap, a snapshot row, is rewritten in place too)
+		if err := renumber(ctx, tx, ev.RoomID, outlierNID, nid); err != nil {
+			return 0, err
+		}
+		if cur, err = currentStateMap(ctx, tx, ev.RoomID); err != nil {
 			return 0, err
 		}
 	}
@@ -440,6 +464,59 @@ func setCurrentState(ctx context.Context, tx *sql.Tx, roomID string, cur, next s
 			VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, type, state_key)
 			DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership`,
 			roomID, k.typ, k.stateKey, e.nid, membership); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// renumber makes the state that referenced an outlier (nid from) reference
+// the same event stored again as a timeline event (nid to): the current
+// state and the room's state snapshots.
+func renumber(ctx context.Context, tx *sql.Tx, roomID string, from, to int64) error {
+	if _, err := tx.ExecContext(ctx, `UPDATE current_state SET event_nid = $1 WHERE event_nid = $2`, to, from); err != nil {
+		return err
+	}
+	f := fmt.Sprint(from)
+	rows, err := tx.QueryContext(ctx, `SELECT snapshot_nid, event_nids FROM state_snapshots WHERE room_id = $1
+		AND (event_nids LIKE $2 OR event_nids LIKE $3 OR event_nids LIKE $4 OR event_nids = $5)`,
+		roomID, "%,"+f+",%", "["+f+",%", "%,"+f+"]", "["+f+"]")
+	if err != nil {
+		return err
+	}
+	type snap struct {
+		nid  int64
+		nids []int64
+	}
+	var change []snap
+	for rows.Next() {
+		var (
+			sn  snap
+			raw string
+		)
+		if err := rows.Scan(&sn.nid, &raw); err != nil {
+			rows.Close()
+			return err
+		}
+		if err := json.Unmarshal([]byte(raw), &sn.nids); err != nil {
+			rows.Close()
+			return fmt.Errorf("state snapshot %d: %w", sn.nid, err)
+		}
+		change = append(change, sn)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, sn := range change {
+		for i, n := range sn.nids {
+			if n == from {
+				sn.nids[i] = to
+			}
+		}
+		sort.Slice(sn.nids, func(i, j int) bool { return sn.nids[i] < sn.nids[j] })
+		raw, _ := json.Marshal(sn.nids)
+		if _, err := tx.ExecContext(ctx, `UPDATE state_snapshots SET event_nids = $1 WHERE snapshot_nid = $2`, string(raw), sn.nid); err != nil {
 			return err
 		}
 	}

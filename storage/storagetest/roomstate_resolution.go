@@ -224,6 +224,43 @@ func testRoomStateResolution(t *testing.T, open Opener) {
 			t.Fatalf("StateAfter: %v, want ErrStateUnknown", err)
 		}
 	})
+	t.Run("an outlier stored again as a timeline event moves there, the states it is in follow", func(t *testing.T) {
+		// o was fetched for the state at a gap: an outlier in the state
+		// before g and in the current state; then o itself arrives.
+		o := fork(headNew, "m.room.name", sptr(""), bob, `{"name":"gap"}`)
+		if err := rs.PersistOutlier(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := rs.CurrentState(ctx, w.roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		withO := append(ids(cur), o.EventID)
+		g := fork(headNew, "m.room.message", nil, bob, `{"body":"after the gap"}`)
+		g.PrevEvents = append(extremities(t), o.EventID)
+		g.StateBefore, g.CurrentState = withO, withO
+		persist(t, g)
+		o.FromOutlier = true
+		o.PrevEvents = []string{headNew.EventID}
+		o.StateBefore = ids(cur)
+		o.CurrentState = withO
+		persist(t, o)
+		stored, err := rs.Event(ctx, o.EventID)
+		if err != nil || stored.Outlier {
+			t.Fatalf("o is still an outlier (%v)", err)
+		}
+		got, err := rs.StateBefore(ctx, g.EventID)
+		wantIDs(t, "state before g", got, err, withO)
+		got, err = rs.CurrentState(ctx, w.roomID)
+		wantIDs(t, "current state", got, err, withO)
+		tl, err := ss.RoomEvents(ctx, w.roomID, storage.EventQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last := tl[len(tl)-1]; last.EventID != o.EventID {
+			t.Fatalf("the timeline ends with %s, want o at a new position", last.EventID)
+		}
+	})
 	t.Run("a state naming unknown events is an error and stores nothing", func(t *testing.T) {
 		x := fork(headNew, "m.room.message", nil, bob, `{"body":"x"}`)
 		x.StateBefore = []string{"$unknown"}
