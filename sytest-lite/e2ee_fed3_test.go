@@ -118,6 +118,26 @@ func TestThreeNodeE2EE(t *testing.T) {
 			}
 		})
 
+		t.Run("org-b's user replaces their device: org-a and org-c see the device-list change and their next messages decrypt on the new device", func(t *testing.T) {
+			bob := all[1]
+			bob2 := newMegolmDevice(t, ctx, bob.c.Login(t), "bob2")
+			bob2.waitJoined(t, room, alice.userID(), bob.userID(), carol.userID())
+			for _, d := range []*megolmDevice{alice, carol} {
+				d.syncUntil(t, "seeing bob's new device over federation", func() bool {
+					devs, _ := d.mach.CryptoStore.GetDevices(ctx, bob.userID())
+					_, hasNew := devs[id.DeviceID(bob2.c.DeviceID)]
+					_, hasOld := devs[id.DeviceID(bob.c.DeviceID)]
+					return hasNew && !hasOld
+				})
+			}
+			sendSeen(t, alice, secret("alice to bob2", 0), bob2, carol)
+			sendSeen(t, carol, secret("carol to bob2", 0), bob2, alice)
+			sendSeen(t, bob2, secret("bob2", 0), alice, carol)
+			for _, d := range []*megolmDevice{alice, carol} {
+				d.assertAllDecryptedExcept(t, nil)
+			}
+		})
+
 		t.Run("nothing anyone said is stored on any of the three nodes", func(t *testing.T) {
 			for i, n := range f.nodes {
 				assertNoPlaintext(t, n, []string{string(room), all[i].c.UserID}, texts...)
