@@ -61,3 +61,49 @@ func TestFederationConformancePending(t *testing.T) {
 		})
 	})
 }
+
+// Spec, room versions 10-12, auth rules "Considering the event's
+// auth_events": duplicate (type, state_key) entries, or entries the auth
+// events selection does not pick, reject. The node checks only what
+// GMSL's Allowed reads (server/rooms/federation.go admit, step 4).
+func TestFederationConformancePendingAuthSelection(t *testing.T) {
+	Backends(t, func(t *testing.T, b Backend) {
+		e, _ := fcStartEnv(t, b, map[string]any{"preset": "public_chat"})
+		for _, version := range []string{"10", "11", "12"} {
+			t.Run("room version "+version, func(t *testing.T) {
+				roomID := e.alice.CreateRoom(t, map[string]any{"preset": "public_chat", "room_version": version})
+				e.fcJoinRoom(t, roomID)
+				fredAuth := []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}
+				t.Run("auth_events with an entry the auth rules do not select, or two entries for one state key, are rejected", func(t *testing.T) {
+					since := e.fcSince(t)
+					e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "state", "m.room.topic", ""), map[string]any{"topic": "t1"}, http.StatusOK)
+					plBefore := e.fcState(t, roomID)["m.room.power_levels|"]
+					pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+					changed, err := sjson.SetBytes([]byte(pl.Raw), "events.m\\.fc\\.test", 10)
+					if err != nil {
+						t.Fatal(err)
+					}
+					e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "state", "m.room.power_levels", ""), json.RawMessage(changed), http.StatusOK)
+					st := e.fcState(t, roomID)
+					if st["m.room.power_levels|"] == plBefore {
+						t.Fatal("the power levels did not change")
+					}
+					st["old pl"] = plBefore
+					for name, auth := range map[string][]string{
+						"a topic in auth_events":          append(append([]string{}, fredAuth...), "m.room.topic|"),
+						"two power levels in auth_events": append(append([]string{}, fredAuth...), "old pl"),
+					} {
+						id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+							content: map[string]any{"msgtype": "m.text", "body": name}, auth: auth, state: st})
+						if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+							t.Errorf("%s: accepted", name)
+							continue
+						}
+						e.fcNotStored(t, roomID, since, id)
+					}
+				})
+
+			})
+		}
+	})
+}

@@ -1131,6 +1131,25 @@ func fcRoomRules(t *testing.T, e *fcEnv, roomID string) {
 			}
 		})
 
+		t.Run("a power-levels event citing no power levels in its auth_events (pretending there are none) is rejected", func(t *testing.T) {
+			since := e.fcSince(t)
+			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			takeover, err := sjson.SetBytes([]byte(pl.Raw), "users."+gjson.Escape(e.fred.UserID), 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: spec.MRoomPowerLevels, stateKey: ptrTo(""),
+				content: json.RawMessage(takeover), auth: []string{"m.room.create|", "m.room.member|" + e.fred.UserID}})
+			if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+				t.Fatal("the takeover was accepted")
+			}
+			e.fcNotStored(t, roomID, since, id)
+			after := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			if after.Get("users." + gjson.Escape(e.fred.UserID)).Int() == 100 {
+				t.Fatalf("fred took the room over: %s", after.Raw)
+			}
+		})
+
 		t.Run("a redaction by a remote moderator (redact power level) of another server's event is applied", func(t *testing.T) {
 			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
 			raised, err := sjson.SetBytes([]byte(pl.Raw), "users."+gjson.Escape(e.fred.UserID), pl.Get("redact").Int())
