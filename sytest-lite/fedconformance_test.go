@@ -941,6 +941,40 @@ func fcJoins(t *testing.T, e *fcEnv, roomID string) {
 				auth: []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
 		}
 
+		t.Run("send_join, send_leave and invite carrying JSON that is not canonical (a float) are 400 M_BAD_JSON", func(t *testing.T) {
+			floaty := func(pdu json.RawMessage, membership string) json.RawMessage {
+				return e.fcResign(t, ver, pdu, json.RawMessage(`{"membership":"`+membership+`","n":1.5}`))
+			}
+			gus := "@gus:" + e.fake.ServerName
+			joinID, join := e.fcBuild(t, fcProto{roomID: roomID, typ: "m.room.member", sender: gus, stateKey: &gus,
+				content: map[string]any{"membership": "join"}, auth: joinAuth})
+			leaveID, leave := e.fcBuild(t, fcProto{roomID: roomID, typ: "m.room.member", sender: e.fred.UserID, stateKey: &e.fred.UserID,
+				content: map[string]any{"membership": "leave"}, auth: []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+			eve := p.a.Register(t)
+			invID, inv := inviteOf(t, eve.UserID, nil)
+			for name, req := range map[string]struct {
+				path string
+				body any
+			}{
+				"send_join":  {"/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(joinID), floaty(join, "join")},
+				"send_leave": {"/_matrix/federation/v2/send_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape(leaveID), floaty(leave, "leave")},
+				"invite": {"/_matrix/federation/v2/invite/" + url.PathEscape(roomID) + "/" + url.PathEscape(invID),
+					map[string]any{"room_version": string(ver), "event": floaty(inv, "invite"), "invite_room_state": []any{}}},
+			} {
+				// The request body itself is valid JSON (floats are JSON); the
+				// event is not canonical JSON for its room version.
+				status, res := e.fcFed(t, e.fKey, http.MethodPut, req.path, req.body)
+				if status != http.StatusBadRequest || res.Get("errcode").String() != "M_BAD_JSON" {
+					t.Fatalf("%s: %d %s", name, status, res.Raw)
+				}
+			}
+			m := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.member", e.fred.UserID), nil, http.StatusOK)
+			if m.Get("membership").String() != "join" {
+				t.Fatalf("fred's membership after a refused leave: %s", m.Raw)
+			}
+			e.alice.MustFail(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.member", gus), nil, http.StatusNotFound, "M_NOT_FOUND")
+		})
+
 		t.Run("invite (v2) refuses an invite not signed by the inviting server, logged, and the invitee sees nothing", func(t *testing.T) {
 			eve := p.a.Register(t)
 			id, pdu := inviteOf(t, eve.UserID, nil)
@@ -1145,7 +1179,7 @@ func fcRoomRules(t *testing.T, e *fcEnv, roomID string) {
 			}
 			e.fcNotStored(t, roomID, since, id)
 			after := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
-			if after.Get("users." + gjson.Escape(e.fred.UserID)).Int() == 100 {
+			if after.Get("users."+gjson.Escape(e.fred.UserID)).Int() == 100 {
 				t.Fatalf("fred took the room over: %s", after.Raw)
 			}
 		})
