@@ -323,3 +323,61 @@ func TestToDeviceFuncPassesTheMessageIDAsTxnID(t *testing.T) {
 		t.Fatalf("got %v", got)
 	}
 }
+
+// countingKeyStore counts server key reads of a real store.
+type countingKeyStore struct {
+	storage.FederationStore
+	reads int
+}
+
+func (c *countingKeyStore) ServerKeys(ctx context.Context, ids []storage.ServerKeyID) (map[storage.ServerKeyID]storage.ServerKey, error) {
+	c.reads++
+	return c.FederationStore.ServerKeys(ctx, ids)
+}
+
+func TestKeyDatabaseKeepsStoredKeysInMemoryUntilTheyAreRefreshed(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		ctx := t.Context()
+		peer, _ := signing.LoadOrCreate("peer.test", t.TempDir())
+		own, _ := signing.LoadOrCreate("own.test", t.TempDir())
+		store := &countingKeyStore{FederationStore: open(t).Federation()}
+		db := &KeyDatabase{Store: store, Key: own}
+		req := gomatrixserverlib.PublicKeyLookupRequest{ServerName: "peer.test", KeyID: peer.KeyID}
+		valid := spec.AsTimestamp(time.Now().Add(time.Hour))
+		if err := db.StoreKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]gomatrixserverlib.PublicKeyLookupResult{
+			req: {VerifyKey: gomatrixserverlib.VerifyKey{Key: spec.Base64Bytes(peer.Public())}, ValidUntilTS: valid},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		fetch := func() gomatrixserverlib.PublicKeyLookupResult {
+			t.Helper()
+			res, err := db.FetchKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]spec.Timestamp{req: spec.AsTimestamp(time.Now())})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, ok := res[req]
+			if !ok {
+				t.Fatal("the stored key was not found")
+			}
+			return r
+		}
+		for i := 0; i < 3; i++ {
+			if r := fetch(); r.ValidUntilTS != valid {
+				t.Fatalf("valid_until_ts = %d, want %d", r.ValidUntilTS, valid)
+			}
+		}
+		if store.reads != 1 {
+			t.Fatalf("the store was read %d times for three lookups, want once", store.reads)
+		}
+		// A refresh reaches the next lookup.
+		later := spec.AsTimestamp(time.Now().Add(2 * time.Hour))
+		if err := db.StoreKeys(ctx, map[gomatrixserverlib.PublicKeyLookupRequest]gomatrixserverlib.PublicKeyLookupResult{
+			req: {VerifyKey: gomatrixserverlib.VerifyKey{Key: spec.Base64Bytes(peer.Public())}, ValidUntilTS: later},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if r := fetch(); r.ValidUntilTS != later {
+			t.Fatalf("after a refresh valid_until_ts = %d, want %d", r.ValidUntilTS, later)
+		}
+	})
+}
