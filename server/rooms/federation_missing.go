@@ -124,6 +124,9 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 	if err != nil {
 		return nil, err
 	}
+	// min_depth: below our extremities by the limit, as the missing events
+	// may be on a branch that forked below them (three servers sending at
+	// once); earliest_events and the limit bound the walk.
 	minDepth := int64(0)
 	if extEvs, err := s.store.EventsByID(ctx, exts); err == nil {
 		for i, e := range extEvs {
@@ -132,6 +135,7 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 			}
 		}
 	}
+	minDepth = max(0, minDepth-missingEventsLimit)
 	resp, err := c.LookupMissingEvents(ctx, s.key.ServerName, origin, roomID, fclient.MissingEvents{
 		Limit: missingEventsLimit, MinDepth: int(minDepth), EarliestEvents: exts, LatestEvents: []string{ev.EventID()},
 	}, verImpl.Version())
