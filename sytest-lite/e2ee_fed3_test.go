@@ -67,7 +67,7 @@ func TestThreeNodeE2EE(t *testing.T) {
 		// sendSeen has from send a message and waits until every other
 		// member decrypted it, so each room key is on every node before the
 		// next message. (Senders on three nodes at once, PDUs arriving out
-		// of order, are TestThreeNodePendingBurst.)
+		// of order, are TestThreeNodeBurstFromThreeServers.)
 		sendSeen := func(t *testing.T, from *megolmDevice, text string, to ...*megolmDevice) {
 			t.Helper()
 			evID := from.send(t, room, text)
