@@ -32,86 +32,75 @@ func (a *API) registerRooms(r *mux.Router) {
 	r.Handle("/_matrix/federation/v2/send_leave/{roomId}/{eventId}", a.authed(a.sendLeave)).Methods(http.MethodPut)
 }
 
-func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
+// roomCall is one request of the join/leave/invite family: its room and
+// second path variable (a user or event id), and the body when it needs one.
+type roomCall struct {
+	roomID, id string
+	body       json.RawMessage
+}
+
+// parseRoomCall reads the path, refuses an empty body when bodyNeeded names
+// what it must hold, applies the room's server ACL and checks that rooms
+// are served at all (unknown is what the peer hears otherwise: notServed).
+func (a *API) parseRoomCall(r *http.Request, origin spec.ServerName, idVar string, body []byte, bodyNeeded string, notServed error) (roomCall, error) {
 	roomID, err1 := pathVar(r, "roomId")
-	userID, err2 := pathVar(r, "userId")
+	id, err2 := pathVar(r, idVar)
 	if err1 != nil || err2 != nil {
-		return nil, mxerr.InvalidParam("bad path")
+		return roomCall{}, mxerr.InvalidParam("bad path")
+	}
+	if bodyNeeded != "" && len(body) == 0 {
+		return roomCall{}, mxerr.NotJSON("%s", bodyNeeded)
 	}
 	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
-		return nil, err
+		return roomCall{}, err
 	}
 	if a.Joins == nil {
-		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
+		return roomCall{}, notServed
 	}
-	return a.Joins.MakeJoin(r.Context(), origin, roomID, userID, r.URL.Query()["ver"])
+	return roomCall{roomID: roomID, id: id, body: json.RawMessage(body)}, nil
+}
+
+func unknownRoom(r *http.Request) error {
+	roomID, _ := pathVar(r, "roomId")
+	return mxerr.NotFound("room %s is not known to this server", roomID)
+}
+
+func (a *API) makeJoin(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
+	c, err := a.parseRoomCall(r, origin, "userId", nil, "", unknownRoom(r))
+	if err != nil {
+		return nil, err
+	}
+	return a.Joins.MakeJoin(r.Context(), origin, c.roomID, c.id, r.URL.Query()["ver"])
 }
 
 func (a *API) sendJoin(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
-	roomID, err1 := pathVar(r, "roomId")
-	eventID, err2 := pathVar(r, "eventId")
-	if err1 != nil || err2 != nil {
-		return nil, mxerr.InvalidParam("bad path")
-	}
-	if len(body) == 0 {
-		return nil, mxerr.NotJSON("send_join needs the signed join event")
-	}
-	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+	c, err := a.parseRoomCall(r, origin, "eventId", body, "send_join needs the signed join event", unknownRoom(r))
+	if err != nil {
 		return nil, err
 	}
-	if a.Joins == nil {
-		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
-	}
-	return a.Joins.SendJoin(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+	return a.Joins.SendJoin(r.Context(), origin, c.roomID, c.id, c.body)
 }
 
 func (a *API) invite(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
-	roomID, err1 := pathVar(r, "roomId")
-	eventID, err2 := pathVar(r, "eventId")
-	if err1 != nil || err2 != nil {
-		return nil, mxerr.InvalidParam("bad path")
-	}
-	if len(body) == 0 {
-		return nil, mxerr.NotJSON("invite needs a body")
-	}
-	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+	c, err := a.parseRoomCall(r, origin, "eventId", body, "invite needs a body", mxerr.Forbidden("this server takes no invites"))
+	if err != nil {
 		return nil, err
 	}
-	if a.Joins == nil {
-		return nil, mxerr.Forbidden("this server takes no invites")
-	}
-	return a.Joins.ReceiveInvite(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+	return a.Joins.ReceiveInvite(r.Context(), origin, c.roomID, c.id, c.body)
 }
 
 func (a *API) makeLeave(r *http.Request, origin spec.ServerName, _ []byte) (any, error) {
-	roomID, err1 := pathVar(r, "roomId")
-	userID, err2 := pathVar(r, "userId")
-	if err1 != nil || err2 != nil {
-		return nil, mxerr.InvalidParam("bad path")
-	}
-	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+	c, err := a.parseRoomCall(r, origin, "userId", nil, "", unknownRoom(r))
+	if err != nil {
 		return nil, err
 	}
-	if a.Joins == nil {
-		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
-	}
-	return a.Joins.MakeLeave(r.Context(), origin, roomID, userID)
+	return a.Joins.MakeLeave(r.Context(), origin, c.roomID, c.id)
 }
 
 func (a *API) sendLeave(r *http.Request, origin spec.ServerName, body []byte) (any, error) {
-	roomID, err1 := pathVar(r, "roomId")
-	eventID, err2 := pathVar(r, "eventId")
-	if err1 != nil || err2 != nil {
-		return nil, mxerr.InvalidParam("bad path")
-	}
-	if len(body) == 0 {
-		return nil, mxerr.NotJSON("send_leave needs the signed leave event")
-	}
-	if err := a.checkACL(r.Context(), origin, roomID); err != nil {
+	c, err := a.parseRoomCall(r, origin, "eventId", body, "send_leave needs the signed leave event", unknownRoom(r))
+	if err != nil {
 		return nil, err
 	}
-	if a.Joins == nil {
-		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
-	}
-	return a.Joins.SendLeave(r.Context(), origin, roomID, eventID, json.RawMessage(body))
+	return a.Joins.SendLeave(r.Context(), origin, c.roomID, c.id, c.body)
 }
