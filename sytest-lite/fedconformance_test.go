@@ -763,6 +763,19 @@ func fcJoins(t *testing.T, e *fcEnv, roomID string) {
 				res.Get("event.content.membership").String() != "join" || res.Get("event.sender").String() != carol {
 				t.Fatalf("make_join: %d %s", status, res.Raw)
 			}
+			// The template's auth_events are the selection: the create event
+			// up to v11, never from v12 (its room ID is the create event).
+			create := "$" + roomID[1:]
+			if ver != gomatrixserverlib.RoomVersionV12 {
+				create = e.fcState(t, roomID)["m.room.create|"]
+			}
+			hasCreate := false
+			for _, a := range res.Get("event.auth_events").Array() {
+				hasCreate = hasCreate || a.String() == create
+			}
+			if hasCreate == (ver == gomatrixserverlib.RoomVersionV12) {
+				t.Fatalf("make_join template auth_events %s (create %s) in room version %s", res.Get("event.auth_events").Raw, create, ver)
+			}
 		})
 
 		t.Run("make_join from a server that does not support the room's version is 400 M_INCOMPATIBLE_ROOM_VERSION with room_version", func(t *testing.T) {
@@ -1162,6 +1175,35 @@ func fcRoomRules(t *testing.T, e *fcEnv, roomID string) {
 			e.fcNotStored(t, roomID, since, id)
 			if r := e.alice.Do(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.topic", ""), nil); r.Status == http.StatusOK && strings.Contains(string(r.Body), "fred was here") {
 				t.Fatalf("the rejected topic is in the room state: %s", r.Body)
+			}
+		})
+
+		t.Run("auth_events with an entry the auth rules do not select, or two entries for one state key, are rejected", func(t *testing.T) {
+			since := e.fcSince(t)
+			e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "state", "m.room.topic", ""), map[string]any{"topic": "t1"}, http.StatusOK)
+			plBefore := e.fcState(t, roomID)["m.room.power_levels|"]
+			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			changed, err := sjson.SetBytes([]byte(pl.Raw), "events.m\\.fc\\.test", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.alice.MustDo(t, http.MethodPut, Path("rooms", roomID, "state", "m.room.power_levels", ""), json.RawMessage(changed), http.StatusOK)
+			st := e.fcState(t, roomID)
+			if st["m.room.power_levels|"] == plBefore {
+				t.Fatal("the power levels did not change")
+			}
+			st["old pl"] = plBefore
+			for name, auth := range map[string][]string{
+				"a topic in auth_events":          append(append([]string{}, fredAuth...), "m.room.topic|"),
+				"two power levels in auth_events": append(append([]string{}, fredAuth...), "old pl"),
+			} {
+				id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: "m.room.message",
+					content: map[string]any{"msgtype": "m.text", "body": name}, auth: auth, state: st})
+				if got := fcResult(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id); got == "" {
+					t.Errorf("%s: accepted", name)
+					continue
+				}
+				e.fcNotStored(t, roomID, since, id)
 			}
 		})
 

@@ -308,6 +308,9 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 			return false, refuse("auth event %s is unknown here", id)
 		}
 	}
+	if why := authSelectionProblem(ev, authStored); why != "" {
+		fail(rejected, "%s", why)
+	}
 	rejectedAuth, err := s.store.RejectedEvents(ctx, authIDs)
 	if err != nil {
 		return false, err
@@ -521,6 +524,48 @@ func (s *Service) membersResolved(ctx context.Context, roomID string, resolved [
 		out = append(out, u)
 	}
 	return out, nil
+}
+
+// authSelectionProblem applies the auth rules on an event's auth_events
+// that GMSL's Allowed does not (rooms v10-12, "Considering the event's
+// auth_events" 1 and 2): no (type, state_key) may appear twice, and each
+// entry must be one the auth events selection picks for the event. From
+// v12 the create event must not be listed: GMSL's AuthEventIDs() already
+// prepends it, so a v12 event listing it shows it twice and is rejected.
+// auth holds the event's auth events as stored. It returns why the event
+// must be rejected, or "".
+func authSelectionProblem(ev gomatrixserverlib.PDU, auth []storage.Event) string {
+	listed := map[string]bool{}
+	for _, id := range ev.AuthEventIDs() {
+		if listed[id] {
+			return fmt.Sprintf("auth_events lists %s twice", id)
+		}
+		listed[id] = true
+	}
+	selected := map[stateTuple]bool{}
+	for _, t := range gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples() {
+		selected[stateTuple{t.EventType, t.StateKey}] = true
+	}
+	seen := map[stateTuple]bool{}
+	seenID := map[string]bool{}
+	for _, a := range auth {
+		if seenID[a.EventID] {
+			continue // one event read back twice
+		}
+		seenID[a.EventID] = true
+		if a.StateKey == nil {
+			return fmt.Sprintf("auth event %s is not a state event", a.EventID)
+		}
+		k := stateTuple{a.Type, *a.StateKey}
+		if seen[k] {
+			return fmt.Sprintf("auth_events has two %s events for state key %q", a.Type, *a.StateKey)
+		}
+		seen[k] = true
+		if !selected[k] {
+			return fmt.Sprintf("auth event %s (%s, %q) is not one the auth rules select for this event", a.EventID, a.Type, *a.StateKey)
+		}
+	}
+	return ""
 }
 
 // currentAuthState is the part of the room's current state the auth rules

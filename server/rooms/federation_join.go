@@ -85,7 +85,7 @@ func (s *Service) MakeJoin(ctx context.Context, origin spec.ServerName, roomID, 
 		Type:       spec.MRoomMember,
 		StateKey:   ptr(userID),
 		PrevEvents: ev.PrevEventIDs(),
-		AuthEvents: ev.AuthEventIDs(),
+		AuthEvents: authEventIDs(ev.JSON()), // as signed: GMSL adds the v12 create event to AuthEventIDs()
 		Depth:      ev.Depth(),
 		Content:    spec.RawJSON(`{"membership":"join"}`),
 	}
