@@ -363,4 +363,35 @@ func TestSyncLongPoll(t *testing.T) {
 			t.Fatalf("rest: %v, %d messages", err, len(rest.ToDevice.Events))
 		}
 	})
+	t.Run("concurrent syncs share position reads but never see a position older than their call", func(t *testing.T) {
+		e := &extras{}
+		svc, _ := newTestService(t, e)
+		var wg stdsync.WaitGroup
+		errs := make(chan error, 16)
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 50; i++ {
+					e.mu.Lock()
+					e.adPos++
+					want := e.adPos
+					e.mu.Unlock()
+					tok, err := svc.positions(t.Context())
+					if err == nil && tok.AccountData < want {
+						err = fmt.Errorf("position %d read after %d was committed", tok.AccountData, want)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	})
 }

@@ -35,6 +35,7 @@ type Service struct {
 	// the user's wake count before it was built (see Sync).
 	ansMu    stdsync.Mutex
 	answered map[[2]string]answer
+	posReads posReads
 }
 
 type answer struct {
@@ -273,8 +274,62 @@ func (s *Service) finalBuild(ctx context.Context, req Request, since Token, f *F
 	return resp, err
 }
 
-// positions reads the current end of every stream.
+// positions returns the current end of every stream, read after the call
+// began: callers that arrive while a read runs share the next one, which
+// starts once it ends (a wake makes hundreds of long-polls build at once;
+// they share a few reads instead of five queries each).
 func (s *Service) positions(ctx context.Context) (Token, error) {
+	p := &s.posReads
+	p.mu.Lock()
+	if p.next == nil {
+		p.next = &posRead{done: make(chan struct{})}
+	}
+	r := p.next
+	if !p.running {
+		p.running = true
+		p.next = nil
+		go s.runPositionReads(r)
+	}
+	p.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.tok, r.err
+	case <-ctx.Done():
+		return Token{}, ctx.Err()
+	}
+}
+
+// posReads coalesces concurrent position reads (see positions).
+type posReads struct {
+	mu      stdsync.Mutex
+	running bool     // a read is running
+	next    *posRead // the read the callers since it started wait for
+}
+
+type posRead struct {
+	done chan struct{}
+	tok  Token
+	err  error
+}
+
+// runPositionReads runs r, then the reads callers queued meanwhile, until
+// none is left.
+func (s *Service) runPositionReads(r *posRead) {
+	for r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		r.tok, r.err = s.readPositions(ctx)
+		cancel()
+		close(r.done)
+		p := &s.posReads
+		p.mu.Lock()
+		r, p.next = p.next, nil
+		p.running = r != nil
+		p.mu.Unlock()
+	}
+}
+
+// readPositions reads the current end of every stream.
+func (s *Service) readPositions(ctx context.Context) (Token, error) {
 	var t Token
 	var err error
 	if t.Timeline, err = s.store.TimelinePosition(ctx); err != nil {
