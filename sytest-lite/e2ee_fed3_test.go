@@ -13,14 +13,18 @@ import (
 )
 
 // megolmRoomAcross is megolmRoom for members of other servers: the room is
-// created with m.room.encryption, then each member is invited with
-// POST /invite (createRoom's invite list refuses users of other servers:
-// see the report) and joins.
+// created with m.room.encryption and the members in createRoom's invite
+// list (sent to their servers once the room exists), then each joins.
 func megolmRoomAcross(t *testing.T, owner *megolmDevice, members ...*megolmDevice) id.RoomID {
 	t.Helper()
 	emptyKey := ""
+	invite := make([]id.UserID, 0, len(members))
+	for _, m := range members {
+		invite = append(invite, m.userID())
+	}
 	resp, err := owner.cli.CreateRoom(owner.ctx, &mautrix.ReqCreateRoom{
 		Preset: "private_chat",
+		Invite: invite,
 		InitialState: []*event.Event{{
 			Type:     event.StateEncryption,
 			StateKey: &emptyKey,
@@ -32,9 +36,6 @@ func megolmRoomAcross(t *testing.T, owner *megolmDevice, members ...*megolmDevic
 	}
 	all := []id.UserID{owner.userID()}
 	for _, m := range members {
-		if _, err := owner.cli.InviteUser(owner.ctx, resp.RoomID, &mautrix.ReqInviteUser{UserID: m.userID()}); err != nil {
-			t.Fatalf("inviting %s: %v", m.name, err)
-		}
 		if _, err := m.cli.JoinRoomByID(m.ctx, resp.RoomID); err != nil {
 			t.Fatalf("%s: joining: %v", m.name, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -86,13 +87,24 @@ func (s *Service) CreateRoom(ctx context.Context, userID string, req CreateReque
 		}
 	}
 	invites := make([]string, 0, len(req.Invite))
+	var remoteInvites []string // invited over federation once the room exists
 	seen := map[string]bool{userID: true}
 	for _, u := range req.Invite {
-		if err := s.checkInvitee(ctx, u); err != nil {
+		remote := s.canInviteRemote(u)
+		if remote {
+			if _, err := spec.NewUserID(u, true); err != nil {
+				return "", mxerr.InvalidParam("%q is not a valid user id", u)
+			}
+		} else if err := s.checkInvitee(ctx, u); err != nil {
 			return "", err
 		}
-		if !seen[u] {
-			seen[u] = true
+		if seen[u] {
+			continue
+		}
+		seen[u] = true
+		if remote {
+			remoteInvites = append(remoteInvites, u)
+		} else {
 			invites = append(invites, u)
 		}
 	}
@@ -204,7 +216,7 @@ func (s *Service) CreateRoom(ctx context.Context, userID string, req CreateReque
 		}
 	}
 
-	unlock := s.lock(d.roomID)
+	unlock := sync.OnceFunc(s.lock(d.roomID))
 	defer unlock()
 	if alias != "" {
 		err := s.store.CreateAlias(ctx, storage.Alias{Alias: alias, RoomID: d.roomID, Creator: userID, CreatedTS: s.now().UnixMilli()})
@@ -222,7 +234,23 @@ func (s *Service) CreateRoom(ctx context.Context, userID string, req CreateReque
 		return "", err
 	}
 	s.log.WithField("room_id", d.roomID).WithField("room_version", version).Info("room created")
+	unlock()
+	// The room exists now, whatever other servers answer: a refused or
+	// unreachable invitee is logged and the room is still the client's
+	// (answering an error would leave the client a room it does not know of).
+	for _, u := range remoteInvites {
+		if err := s.Invite(ctx, userID, d.roomID, u, ""); err != nil {
+			s.log.WithField("room_id", d.roomID).WithField("server", serverOf(u)).WithError(err).Warn("inviting a user of another server into a new room failed")
+		}
+	}
 	return d.roomID, nil
+}
+
+// canInviteRemote tells whether userID belongs to another server that this
+// node can send an invite to.
+func (s *Service) canInviteRemote(userID string) bool {
+	srv := serverOf(userID)
+	return srv != "" && srv != string(s.key.ServerName) && s.fed != nil && s.fed.client != nil
 }
 
 // invalidState turns an auth refusal while creating a room (a bad

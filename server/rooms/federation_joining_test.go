@@ -250,6 +250,26 @@ func TestFederationInvite(t *testing.T) {
 			t.Fatalf("ghost is %q", m)
 		}
 	})
+	t.Run("createRoom invites users of other servers once the room exists", func(t *testing.T) {
+		carol := b.user(t)
+		direct := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "trusted_private_chat", Invite: []string{carol}, IsDirect: true}))
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, direct, carol)); m != "invite" {
+			t.Fatalf("a: carol is %q", m)
+		}
+		if _, err := b.store.Rooms().OutlierMembership(ctx, direct, carol); err != nil {
+			t.Fatalf("b has no invite for carol: %v", err)
+		}
+		// An invitee the other server refuses leaves the room created, without them.
+		other := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Invite: []string{"@ghost:b.test"}}))
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, other, "@ghost:b.test")); m != "" {
+			t.Fatalf("ghost is %q", m)
+		}
+		if m := must[string](t)(a.store.Rooms().Membership(ctx, other, alice)); m != "join" {
+			t.Fatalf("alice is %q in the room made with a refused invitee", m)
+		}
+		_, err := a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Invite: []string{"@bad id:b.test"}})
+		wantCode(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
+	})
 	t.Run("a malformed invite or one of an unsupported room version is refused", func(t *testing.T) {
 		_, err := b.rooms.ReceiveInvite(ctx, "c.test", roomID, "$x", []byte(`{"room_version":"11","event":{"type":"m.room.member"}}`))
 		if err == nil {

@@ -110,12 +110,12 @@ func (s *Service) Knock(ctx context.Context, userID, roomIDOrAlias, reason strin
 	return roomID, err
 }
 
-// Invite invites a local user.
+// Invite invites a user, of this server or (over federation) of another.
 func (s *Service) Invite(ctx context.Context, sender, roomID, target, reason string) error {
 	if err := checkRoomID(roomID); err != nil {
 		return err
 	}
-	if srv := serverOf(target); srv != "" && srv != string(s.key.ServerName) && s.fed != nil && s.fed.client != nil {
+	if s.canInviteRemote(target) {
 		return s.inviteRemote(ctx, sender, roomID, target, reason) // federation_invite.go
 	}
 	if err := s.checkInvitee(ctx, target); err != nil {
