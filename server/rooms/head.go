@@ -121,11 +121,19 @@ func (s *Service) loadMember(ctx context.Context, roomID string, h *roomHead, us
 }
 
 // keepHead stores the draft, committed, as the room's head; a draft that
-// added state events (or none at all) drops it instead.
+// added state events or a redaction, or none at all, drops it instead. (The
+// redaction algorithm keeps the keys the auth rules read, so a redacted
+// state event would authorise the same; dropping is only the safe default.)
 func (s *Service) keepHead(d *draft) {
 	if len(d.out) == 0 || d.newRoom != nil || d.changesState() {
 		s.heads.drop(d.roomID)
 		return
+	}
+	for _, ev := range d.out {
+		if ev.Redacts != "" {
+			s.heads.drop(d.roomID)
+			return
+		}
 	}
 	prev := slices.Clone(d.prev)
 	slices.Sort(prev)
