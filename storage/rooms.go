@@ -35,9 +35,11 @@ type RoomStore interface {
 	// EventByTxn returns the event a device sent with a transaction id;
 	// ErrNotFound if there is none.
 	EventByTxn(ctx context.Context, userID, deviceID, txnID string) (Event, error)
-	// PersistEvents stores events of one room, in order, in one
-	// transaction, and returns their nids. A txn id already used by the
-	// device gives ErrConflict and nothing is stored.
+	// PersistEvents stores events, in order, in one transaction, and
+	// returns their nids. They may belong to several rooms (the send path's
+	// group commit batches drafts of different rooms): each is stored
+	// against its own room. A txn id already used by the device gives
+	// ErrConflict and nothing is stored.
 	PersistEvents(ctx context.Context, evs []NewEvent) ([]int64, error)
 	// PersistJoin stores a room joined over federation, in one
 	// transaction: the room row (ErrConflict if the room is known), the
