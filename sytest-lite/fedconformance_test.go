@@ -756,7 +756,7 @@ func fcJoins(t *testing.T, e *fcEnv, roomID string) {
 			return e.fcFed(t, e.fKey, http.MethodGet, fed+"make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+query, nil)
 		}
 
-		t.Run("make_join names the room version and a join template for the user", func(t *testing.T) {
+		t.Run("make_join and make_leave name the room version and a template whose auth_events are the selection (no create event from v12)", func(t *testing.T) {
 			status, res := makeJoin(t, roomID, carol, "?ver=10&ver=11&ver=12")
 			if status != http.StatusOK || res.Get("room_version").String() != string(ver) ||
 				res.Get("event.type").String() != "m.room.member" || res.Get("event.state_key").String() != carol ||
@@ -775,6 +775,17 @@ func fcJoins(t *testing.T, e *fcEnv, roomID string) {
 			}
 			if hasCreate == (ver == gomatrixserverlib.RoomVersionV12) {
 				t.Fatalf("make_join template auth_events %s (create %s) in room version %s", res.Get("event.auth_events").Raw, create, ver)
+			}
+			status, res = e.fcFed(t, e.fKey, http.MethodGet, fed+"make_leave/"+url.PathEscape(roomID)+"/"+url.PathEscape(e.fred.UserID), nil)
+			if status != http.StatusOK || res.Get("event.content.membership").String() != "leave" {
+				t.Fatalf("make_leave: %d %s", status, res.Raw)
+			}
+			hasCreate = false
+			for _, a := range res.Get("event.auth_events").Array() {
+				hasCreate = hasCreate || a.String() == create
+			}
+			if hasCreate == (ver == gomatrixserverlib.RoomVersionV12) {
+				t.Fatalf("make_leave template auth_events %s (create %s) in room version %s", res.Get("event.auth_events").Raw, create, ver)
 			}
 		})
 
