@@ -73,21 +73,9 @@ func (s *Service) MakeJoin(ctx context.Context, origin spec.ServerName, roomID, 
 			"room %s has version %s, which the joining server does not support", roomID, d.verImpl.Version()).
 			With("room_version", string(d.verImpl.Version()))
 	}
-	// Build and authorise the join here, as the joining server will, so a
-	// join the room's rules refuse is refused now (nothing is kept).
-	ev, err := d.add(userID, spec.MRoomMember, ptr(userID), map[string]any{"membership": spec.Join}, "", nil)
+	proto, err := d.membershipTemplate(userID, spec.Join)
 	if err != nil {
 		return nil, err
-	}
-	proto := gomatrixserverlib.ProtoEvent{
-		SenderID:   userID,
-		RoomID:     roomID,
-		Type:       spec.MRoomMember,
-		StateKey:   ptr(userID),
-		PrevEvents: ev.PrevEventIDs(),
-		AuthEvents: authEventIDs(ev.JSON()), // as signed: GMSL adds the v12 create event to AuthEventIDs()
-		Depth:      ev.Depth(),
-		Content:    spec.RawJSON(`{"membership":"join"}`),
 	}
 	return &MakeJoinResponse{Event: proto, RoomVersion: string(d.verImpl.Version())}, nil
 }
@@ -100,40 +88,9 @@ func (s *Service) SendJoin(ctx context.Context, origin spec.ServerName, roomID, 
 	if err := checkRoomID(roomID); err != nil {
 		return nil, err
 	}
-	version, err := s.store.RoomVersion(ctx, roomID)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, mxerr.NotFound("room %s is not known to this server", roomID)
-	}
+	verImpl, ev, err := s.checkSentMembership(ctx, origin, roomID, eventID, raw, spec.Join)
 	if err != nil {
 		return nil, err
-	}
-	if s.fed == nil || s.fed.verifier == nil {
-		return nil, mxerr.Forbidden("this server does not take part in federation")
-	}
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	if err != nil {
-		return nil, err
-	}
-	ev, err := verImpl.NewEventFromUntrustedJSON(raw)
-	if err != nil {
-		return nil, mxerr.BadJSON("malformed join event: %v", err)
-	}
-	if ev.Redacted() {
-		return nil, mxerr.BadJSON("the join event's content hash does not match")
-	}
-	if ev.EventID() != eventID || ev.RoomID().String() != roomID {
-		return nil, mxerr.BadJSON("the event is %s in %s, not %s in %s", ev.EventID(), ev.RoomID().String(), eventID, roomID)
-	}
-	m, _ := ev.Membership()
-	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || *ev.StateKey() != string(ev.SenderID()) || m != spec.Join {
-		return nil, mxerr.BadJSON("send_join needs an m.room.member join of the sender itself")
-	}
-	if err := checkRemoteUser(origin, string(ev.SenderID())); err != nil {
-		return nil, err
-	}
-	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.fed.verifier, userIDForSender); err != nil {
-		s.log.WithField("origin", origin).WithField("reason", err.Error()).Info("refused a send_join")
-		return nil, mxerr.Forbidden("bad signature: %v", err)
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
@@ -141,12 +98,7 @@ func (s *Service) SendJoin(ctx context.Context, origin spec.ServerName, roomID, 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.appendRemote(ctx, verImpl, ev, origin); err != nil {
-		var r *errRefused
-		if errors.As(err, &r) {
-			s.log.WithField("origin", origin).WithField("reason", r.reason).Info("refused a send_join")
-			return nil, mxerr.Forbidden("%s", r.reason)
-		}
+	if err := s.appendSentMembership(ctx, origin, verImpl, ev, spec.Join); err != nil {
 		return nil, err
 	}
 	resp := &SendJoinResponse{Origin: string(s.key.ServerName), Event: json.RawMessage(ev.JSON()),

@@ -51,20 +51,9 @@ func (s *Service) MakeLeave(ctx context.Context, origin spec.ServerName, roomID,
 	default:
 		return nil, mxerr.Forbidden("%s is not in room %s", userID, roomID)
 	}
-	// Built and authorised here, as the leaving server will; nothing is kept.
-	ev, err := d.add(userID, spec.MRoomMember, ptr(userID), map[string]any{"membership": spec.Leave}, "", nil)
+	proto, err := d.membershipTemplate(userID, spec.Leave)
 	if err != nil {
 		return nil, err
-	}
-	proto := gomatrixserverlib.ProtoEvent{
-		SenderID:   userID,
-		RoomID:     roomID,
-		Type:       spec.MRoomMember,
-		StateKey:   ptr(userID),
-		PrevEvents: ev.PrevEventIDs(),
-		AuthEvents: authEventIDs(ev.JSON()), // as signed: GMSL adds the v12 create event to AuthEventIDs()
-		Depth:      ev.Depth(),
-		Content:    spec.RawJSON(`{"membership":"leave"}`),
 	}
 	return &MakeLeaveResponse{Event: proto, RoomVersion: string(d.verImpl.Version())}, nil
 }
@@ -76,52 +65,13 @@ func (s *Service) SendLeave(ctx context.Context, origin spec.ServerName, roomID,
 	if err := checkRoomID(roomID); err != nil {
 		return err
 	}
-	version, err := s.store.RoomVersion(ctx, roomID)
-	if errors.Is(err, storage.ErrNotFound) {
-		return mxerr.NotFound("room %s is not known to this server", roomID)
-	}
+	verImpl, ev, err := s.checkSentMembership(ctx, origin, roomID, eventID, raw, spec.Leave)
 	if err != nil {
 		return err
-	}
-	if s.fed == nil || s.fed.verifier == nil {
-		return mxerr.Forbidden("this server does not take part in federation")
-	}
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	if err != nil {
-		return err
-	}
-	ev, err := verImpl.NewEventFromUntrustedJSON(raw)
-	if err != nil {
-		return mxerr.BadJSON("malformed leave event: %v", err)
-	}
-	if ev.Redacted() {
-		return mxerr.BadJSON("the leave event's content hash does not match")
-	}
-	if ev.EventID() != eventID || ev.RoomID().String() != roomID {
-		return mxerr.BadJSON("the event is %s in %s, not %s in %s", ev.EventID(), ev.RoomID().String(), eventID, roomID)
-	}
-	m, _ := ev.Membership()
-	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || *ev.StateKey() != string(ev.SenderID()) || m != spec.Leave {
-		return mxerr.BadJSON("send_leave needs an m.room.member leave of the sender itself")
-	}
-	if err := checkRemoteUser(origin, string(ev.SenderID())); err != nil {
-		return err
-	}
-	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.fed.verifier, userIDForSender); err != nil {
-		s.log.WithField("origin", origin).WithField("reason", err.Error()).Info("refused a send_leave")
-		return mxerr.Forbidden("bad signature: %v", err)
 	}
 	unlock := s.lock(roomID)
 	defer unlock()
-	if _, err := s.appendRemote(ctx, verImpl, ev, origin); err != nil {
-		var r *errRefused
-		if errors.As(err, &r) {
-			s.log.WithField("origin", origin).WithField("reason", r.reason).Info("refused a send_leave")
-			return mxerr.Forbidden("%s", r.reason)
-		}
-		return err
-	}
-	return nil
+	return s.appendSentMembership(ctx, origin, verImpl, ev, spec.Leave)
 }
 
 // MakeLeave implements federation.RoomJoins.
