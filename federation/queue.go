@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +18,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/trustcase/node/storage"
 )
@@ -109,6 +112,8 @@ func (q *Queue) Start(ctx context.Context) error {
 func (q *Queue) Wait() { q.wg.Wait() }
 
 // EnqueuePDU queues an event for the destinations (our own name is skipped).
+// The queue refers to the event: pdu is kept only if the store does not
+// hold the event; otherwise the stored event is sent, as it is then.
 func (q *Queue) EnqueuePDU(ctx context.Context, destinations []string, eventID string, pdu json.RawMessage) error {
 	return q.Enqueue(ctx, destinations, storage.QueueItem{Kind: storage.QueuePDU, EventID: eventID, Payload: pdu})
 }
@@ -203,7 +208,10 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 	var backoff time.Duration
 	var failingSince time.Time // first failure since the last success
 	// batch is the transaction in flight: until the peer acknowledges it, a
-	// retry sends exactly these items (so the same txn ID), never a regrouping.
+	// retry sends exactly these items (so the same txn ID), never a
+	// regrouping. Its PDUs are loaded again for every retry: the event
+	// store's current form is sent, so a redaction made while the peer was
+	// down is what the peer gets.
 	var batch []storage.QueueItem
 	for {
 		select {
@@ -216,9 +224,13 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 			var err error
 			if batch == nil {
 				batch, err = q.store.QueuePeek(ctx, s.dest, maxTxnPDUs, maxTxnEDUs)
+			} else {
+				var fresh []storage.QueueItem
+				if fresh, err = q.store.QueueLoad(ctx, batch); err == nil {
+					batch = fresh
+				}
 			}
 			if err != nil {
-				batch = nil
 				if ctx.Err() == nil {
 					log.WithError(err).Error("reading the federation queue")
 				}
@@ -288,7 +300,14 @@ func (q *Queue) sendBatch(ctx context.Context, dest string, items []storage.Queu
 		positions = append(positions, it.Position)
 		switch it.Kind {
 		case storage.QueuePDU:
-			txn.PDUs = append(txn.PDUs, json.RawMessage(it.Payload))
+			pdu, err := sendable(it)
+			if err != nil {
+				// Nothing to send for it (an event neither stored nor queued
+				// with its JSON): retrying would not help.
+				q.log.WithField("destination", dest).WithField("event_id", it.EventID).WithError(err).Error("dropping a queued PDU")
+				continue
+			}
+			txn.PDUs = append(txn.PDUs, pdu)
 		case storage.QueueEDU:
 			var e gomatrixserverlib.EDU
 			if err := json.Unmarshal(it.Payload, &e); err != nil {
@@ -299,9 +318,13 @@ func (q *Queue) sendBatch(ctx context.Context, dest string, items []storage.Queu
 			txn.EDUs = append(txn.EDUs, e)
 		}
 	}
-	sendCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	resp, err := q.client.SendTransaction(sendCtx, txn)
+	var resp fclient.RespSend
+	var err error
+	if len(txn.PDUs) > 0 || len(txn.EDUs) > 0 {
+		sendCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		resp, err = q.client.SendTransaction(sendCtx, txn)
+	}
 	if err != nil {
 		var httpErr gomatrix.HTTPError
 		if errors.As(err, &httpErr) && (httpErr.Code == http.StatusBadRequest || httpErr.Code == http.StatusForbidden) {
@@ -329,9 +352,32 @@ func (q *Queue) sendBatch(ctx context.Context, dest string, items []storage.Queu
 	return nil
 }
 
-// txnIDFor names a batch by its content: a retry of the same batch (even
+// sendable is a queued PDU as it goes to other servers: the event store's
+// JSON of the event, but for a redaction from room version 11, whose stored
+// top-level "redacts" is a copy of content.redacts kept for reading, not part
+// of the signed event (as server/rooms serves events).
+func sendable(it storage.QueueItem) (json.RawMessage, error) {
+	if len(it.Payload) == 0 {
+		return nil, errors.New("no JSON for the event")
+	}
+	if it.RoomVersion == "" || gjson.GetBytes(it.Payload, "type").String() != spec.MRoomRedaction ||
+		!gjson.GetBytes(it.Payload, "redacts").Exists() {
+		return json.RawMessage(it.Payload), nil
+	}
+	if v, err := strconv.Atoi(it.RoomVersion); err == nil && v <= 10 {
+		return json.RawMessage(it.Payload), nil // redacts is top-level, signed
+	}
+	j, err := sjson.DeleteBytes(it.Payload, "redacts")
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(j), nil
+}
+
+// txnIDFor names a batch by its items: a retry of the same batch (even
 // after a restart) carries the same ID, so the peer's deduplication answers
-// it, while any other batch gets another ID.
+// it, while any other batch gets another ID. A PDU counts by its event ID,
+// not its JSON, which may change (be redacted) between attempts.
 func txnIDFor(items []storage.QueueItem) gomatrixserverlib.TransactionID {
 	h := sha256.New()
 	var buf [8]byte
@@ -339,9 +385,13 @@ func txnIDFor(items []storage.QueueItem) gomatrixserverlib.TransactionID {
 		binary.BigEndian.PutUint64(buf[:], uint64(it.Position))
 		h.Write(buf[:])
 		h.Write([]byte(it.Kind))
-		binary.BigEndian.PutUint64(buf[:], uint64(len(it.Payload)))
+		body := it.Payload
+		if it.Kind == storage.QueuePDU {
+			body = []byte(it.EventID)
+		}
+		binary.BigEndian.PutUint64(buf[:], uint64(len(body)))
 		h.Write(buf[:])
-		h.Write(it.Payload)
+		h.Write(body)
 	}
 	return gomatrixserverlib.TransactionID(hex.EncodeToString(h.Sum(nil)[:16]))
 }

@@ -22,12 +22,19 @@ type FederationStore interface {
 	PruneInboundTxns(ctx context.Context, beforeMS int64) (int64, error)
 
 	// Enqueue appends one item for every destination, in one transaction.
+	// A PDU row refers to its event: its Payload is stored only when the
+	// store does not hold the event (there is nothing else to send then).
 	Enqueue(ctx context.Context, destinations []string, item QueueItem, nowMS int64) error
 	// QueueDestinations lists the destinations with something queued.
 	QueueDestinations(ctx context.Context) ([]string, error)
 	// QueuePeek returns the oldest items for destination: up to maxPDUs PDUs
-	// and maxEDUs EDUs, each kind in queue order.
+	// and maxEDUs EDUs, each kind in queue order, PDUs loaded as QueueLoad
+	// loads them.
 	QueuePeek(ctx context.Context, destination string, maxPDUs, maxEDUs int) ([]QueueItem, error)
+	// QueueLoad returns items with each PDU (re)loaded from the event store
+	// in its current form (see QueueItem.Payload), so a retry sends what the
+	// store holds now: a redaction made meanwhile is honoured.
+	QueueLoad(ctx context.Context, items []QueueItem) ([]QueueItem, error)
 	// QueueAck deletes the delivered items of destination.
 	QueueAck(ctx context.Context, destination string, positions []int64) error
 }
@@ -61,7 +68,16 @@ type QueueItem struct {
 	// Position orders the queue (set by the store).
 	Position int64
 	Kind     string
-	// EventID is the PDU's event ID ("" for EDUs).
+	// EventID is the event a PDU item refers to ("" for EDUs).
 	EventID string
+	// Payload is the EDU JSON. A PDU's is not a stored copy: QueuePeek and
+	// QueueLoad set it to the event's federation JSON as the event store
+	// holds it now (skeleton and content; the redacted form once the
+	// content was redacted or purged), or, for an event the store does not
+	// hold, to the JSON queued with it (rows queued before migration 0071,
+	// events enqueued without being stored). Empty if there is neither.
 	Payload []byte
+	// RoomVersion is the room version of a PDU loaded from the event store
+	// ("" otherwise): the sender needs it to serve the event as signed.
+	RoomVersion string
 }

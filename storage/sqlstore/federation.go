@@ -99,14 +99,34 @@ func (s *federationStore) Enqueue(ctx context.Context, destinations []string, it
 // enqueueFederationTx queues item for destinations inside tx, so a store
 // that persists an event can queue it for the other servers in the same
 // commit ("persist, then notify": the caller wakes federation.Queue.Notify
-// after the commit).
+// after the commit). A PDU row refers to its event and carries no copy of
+// it: the sender loads the event when it sends (QueueLoad), so the content
+// is stored once and a redaction made meanwhile is what the peer gets. Only
+// a PDU the store does not hold keeps its payload.
 func enqueueFederationTx(ctx context.Context, tx *sql.Tx, destinations []string, item storage.QueueItem, nowMS int64) error {
-	if item.Kind != storage.QueuePDU && item.Kind != storage.QueueEDU {
+	payload := string(item.Payload)
+	switch item.Kind {
+	case storage.QueueEDU:
+	case storage.QueuePDU:
+		if item.EventID == "" {
+			return fmt.Errorf("federation queue: a PDU without an event ID")
+		}
+		if payload != "" {
+			var one int
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM events WHERE event_id = $1`, item.EventID).Scan(&one)
+			switch {
+			case err == nil:
+				payload = ""
+			case err != sql.ErrNoRows:
+				return err
+			}
+		}
+	default:
 		return fmt.Errorf("federation queue: unknown kind %q", item.Kind)
 	}
 	for _, d := range destinations {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO federation_queue (destination, kind, event_id, payload, created_ts)
-			VALUES ($1, $2, $3, $4, $5)`, d, item.Kind, item.EventID, string(item.Payload), nowMS); err != nil {
+			VALUES ($1, $2, $3, $4, $5)`, d, item.Kind, item.EventID, payload, nowMS); err != nil {
 			return err
 		}
 	}
@@ -151,7 +171,9 @@ func (s *federationStore) QueuePeek(ctx context.Context, destination string, max
 				rows.Close()
 				return nil, err
 			}
-			it.Payload = []byte(payload)
+			if payload != "" {
+				it.Payload = []byte(payload)
+			}
 			out = append(out, it)
 		}
 		err = rows.Err()
@@ -160,7 +182,80 @@ func (s *federationStore) QueuePeek(ctx context.Context, destination string, max
 			return nil, err
 		}
 	}
+	return s.loadPDUs(ctx, out, false)
+}
+
+func (s *federationStore) QueueLoad(ctx context.Context, items []storage.QueueItem) ([]storage.QueueItem, error) {
+	return s.loadPDUs(ctx, items, true)
+}
+
+// loadPDUs returns a copy of items with every PDU set to its event as
+// stored now. A PDU whose event is not stored gets its row's payload (read
+// again when reread, since the item may hold a form loaded earlier).
+func (s *federationStore) loadPDUs(ctx context.Context, items []storage.QueueItem, reread bool) ([]storage.QueueItem, error) {
+	out := append([]storage.QueueItem(nil), items...)
+	var ids []string
+	for _, it := range out {
+		if it.Kind == storage.QueuePDU {
+			ids = append(ids, it.EventID)
+		}
+	}
+	byID := make(map[string]storage.Event, len(ids))
+	for start := 0; start < len(ids); start += 200 {
+		chunk := ids[start:min(start+200, len(ids))]
+		evs, err := loadEvents(ctx, s.db.R, "WHERE e.event_id IN ("+queueMarks(len(chunk), 1)+")", queueArgs(chunk)...)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range evs {
+			byID[ev.EventID] = ev
+		}
+	}
+	for i := range out {
+		it := &out[i]
+		if it.Kind != storage.QueuePDU {
+			continue
+		}
+		if ev, ok := byID[it.EventID]; ok {
+			it.Payload, it.RoomVersion = ev.JSON, ev.RoomVersion
+			continue
+		}
+		it.RoomVersion = ""
+		if !reread {
+			continue
+		}
+		var payload string
+		err := s.db.R.QueryRowContext(ctx, `SELECT payload FROM federation_queue WHERE position = $1`, it.Position).Scan(&payload)
+		switch {
+		case err == sql.ErrNoRows:
+			it.Payload = nil // acked meanwhile: nothing to send
+		case err != nil:
+			return nil, err
+		default:
+			it.Payload = nil
+			if payload != "" {
+				it.Payload = []byte(payload)
+			}
+		}
+	}
 	return out, nil
+}
+
+// queueMarks returns n placeholders "$from, $from+1, ...".
+func queueMarks(n, from int) string {
+	m := make([]string, n)
+	for i := range m {
+		m[i] = fmt.Sprintf("$%d", from+i)
+	}
+	return strings.Join(m, ", ")
+}
+
+func queueArgs[T any](vs []T) []any {
+	out := make([]any, len(vs))
+	for i, v := range vs {
+		out[i] = v
+	}
+	return out
 }
 
 func (s *federationStore) QueueAck(ctx context.Context, destination string, positions []int64) error {

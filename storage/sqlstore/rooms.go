@@ -94,7 +94,8 @@ func (s *roomStore) PersistEvents(ctx context.Context, evs []storage.NewEvent) (
 				return fmt.Errorf("persisting %s: %w", evs[i].EventID, err)
 			}
 			if len(evs[i].FederateTo) > 0 {
-				item := storage.QueueItem{Kind: storage.QueuePDU, EventID: evs[i].EventID, Payload: evs[i].PDU}
+				// A reference: the sender loads the event when it sends.
+				item := storage.QueueItem{Kind: storage.QueuePDU, EventID: evs[i].EventID}
 				if err := enqueueFederationTx(ctx, tx, evs[i].FederateTo, item, time.Now().UnixMilli()); err != nil {
 					return fmt.Errorf("queueing %s: %w", evs[i].EventID, err)
 				}
