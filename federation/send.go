@@ -163,18 +163,17 @@ func (a *API) send(r *http.Request, origin spec.ServerName, raw []byte) (any, er
 	}
 
 	results := make(map[string]pduResult, len(body.PDUs))
-	for _, pdu := range body.PDUs {
-		eventID, err := a.receivePDU(ctx, origin, pdu)
-		if eventID == "" {
+	for _, p := range a.receivePDUs(ctx, origin, body.PDUs) {
+		if p.eventID == "" {
 			// Without an event ID there is nothing to report against.
-			a.Log.WithField("origin", origin).WithError(err).Info("dropped a PDU that is not an event")
+			a.Log.WithField("origin", origin).WithError(p.err).Info("dropped a PDU that is not an event")
 			continue
 		}
-		if err != nil {
-			results[eventID] = pduResult{Error: err.Error()}
+		if p.err != nil {
+			results[p.eventID] = pduResult{Error: p.err.Error()}
 			continue
 		}
-		results[eventID] = pduResult{}
+		results[p.eventID] = pduResult{}
 	}
 	for _, e := range body.EDUs {
 		a.receiveEDU(ctx, origin, e)
@@ -189,18 +188,82 @@ func (a *API) send(r *http.Request, origin spec.ServerName, raw []byte) (any, er
 	return json.RawMessage(resp), nil
 }
 
-// receivePDU hands one PDU to the RoomInbox and returns its event ID (""
-// when the PDU is not an event at all).
-func (a *API) receivePDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage) (string, error) {
+// BatchInbox is a RoomInbox that also takes the PDUs of a transaction for
+// one room at once (server/rooms implements it).
+type BatchInbox interface {
+	// ReceivePDUs checks and stores PDUs of one room sent by origin, in
+	// order, and returns each one's result as ReceivePDU would.
+	ReceivePDUs(ctx context.Context, origin spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, pdus []json.RawMessage) []error
+}
+
+// pduOutcome is one PDU's event ID ("" when it is not an event at all) and
+// result.
+type pduOutcome struct {
+	eventID string
+	err     error
+}
+
+// receivePDUs hands a transaction's PDUs to the RoomInbox, in order within
+// each room: a room's PDUs that pass the transport's checks go together to
+// a BatchInbox, otherwise one at a time.
+func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []json.RawMessage) []pduOutcome {
+	out := make([]pduOutcome, len(pdus))
+	batcher, _ := a.Rooms.(BatchInbox)
+	type group struct {
+		version gomatrixserverlib.RoomVersion
+		idx     []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i, pdu := range pdus {
+		roomID, version, eventID, err := a.checkPDU(ctx, origin, pdu)
+		if err != nil || batcher == nil {
+			if err == nil {
+				err = a.Rooms.ReceivePDU(ctx, origin, version, pdu)
+			}
+			out[i] = pduOutcome{eventID, err}
+			continue
+		}
+		out[i].eventID = eventID
+		g := groups[roomID]
+		if g == nil {
+			g = &group{version: version}
+			groups[roomID] = g
+			order = append(order, roomID)
+		}
+		g.idx = append(g.idx, i)
+	}
+	for _, roomID := range order {
+		g := groups[roomID]
+		batch := make([]json.RawMessage, len(g.idx))
+		for j, i := range g.idx {
+			batch[j] = pdus[i]
+		}
+		errs := batcher.ReceivePDUs(ctx, origin, g.version, batch)
+		for j, i := range g.idx {
+			if j < len(errs) {
+				out[i].err = errs[j]
+			} else {
+				out[i].err = errors.New("internal error")
+			}
+		}
+	}
+	return out
+}
+
+// checkPDU makes the transport's checks of one PDU (a room this server
+// knows, parsing in its version, the room's ACL) and returns its room,
+// the room's version and its event ID ("" when it is not an event at all).
+func (a *API) checkPDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage) (string, gomatrixserverlib.RoomVersion, string, error) {
 	var head struct {
 		RoomID  string `json:"room_id"`
 		EventID string `json:"event_id"`
 	}
 	if err := json.Unmarshal(pdu, &head); err != nil {
-		return "", err
+		return "", "", "", err
 	}
 	if head.RoomID == "" {
-		return "", errors.New("PDU without room_id")
+		return "", "", "", errors.New("PDU without room_id")
 	}
 	version := gomatrixserverlib.RoomVersion("")
 	var err error
@@ -214,24 +277,24 @@ func (a *API) receivePDU(ctx context.Context, origin spec.ServerName, pdu json.R
 		// room we do not know we use the event_id the PDU carries (room
 		// versions 1-2) or the reference hash of the spec's default room
 		// version (12; versions 11 and 12 compute IDs alike).
-		return eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
+		return head.RoomID, version, eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
 	}
 	if err != nil {
 		a.Log.WithError(err).Error("looking up a room version")
-		return eventIDGuess(pdu, head.EventID), errors.New("internal error")
+		return head.RoomID, version, eventIDGuess(pdu, head.EventID), errors.New("internal error")
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
 	if err != nil {
-		return eventIDGuess(pdu, head.EventID), err
+		return head.RoomID, version, eventIDGuess(pdu, head.EventID), err
 	}
 	ev, err := verImpl.NewEventFromUntrustedJSON(pdu)
 	if err != nil {
-		return eventIDGuess(pdu, head.EventID), err
+		return head.RoomID, version, eventIDGuess(pdu, head.EventID), err
 	}
 	if err := a.checkACL(ctx, origin, head.RoomID); err != nil { // acl.go
-		return ev.EventID(), aclPDUError(err, origin)
+		return head.RoomID, version, ev.EventID(), aclPDUError(err, origin)
 	}
-	return ev.EventID(), a.Rooms.ReceivePDU(ctx, origin, version, pdu)
+	return head.RoomID, version, ev.EventID(), nil
 }
 
 func eventIDGuess(pdu json.RawMessage, carried string) string {

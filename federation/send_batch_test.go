@@ -1,0 +1,87 @@
+package federation
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/federation/fedtest"
+)
+
+// batchInbox is a recordingInbox that also takes a room's PDUs at once
+// (BatchInbox), recording each call's PDUs.
+type batchInbox struct {
+	*recordingInbox
+	bmu     sync.Mutex
+	batches [][]string // "room: type#n" per call
+}
+
+func (b *batchInbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, v gomatrixserverlib.RoomVersion, pdus []json.RawMessage) []error {
+	var names []string
+	errs := make([]error, len(pdus))
+	for i, pdu := range pdus {
+		var ev struct {
+			RoomID string `json:"room_id"`
+		}
+		_ = json.Unmarshal(pdu, &ev)
+		names = append(names, ev.RoomID)
+		errs[i] = b.ReceivePDU(ctx, origin, v, pdu)
+	}
+	b.bmu.Lock()
+	b.batches = append(b.batches, names)
+	b.bmu.Unlock()
+	return errs
+}
+
+func TestSendHandsEachRoomsPDUsToTheBatchInboxInOrder(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		ca := fedtest.NewCA(t)
+		nodes := newNodes(t, ca, open, "a.test", "b.test")
+		a, b := nodes[0], nodes[1]
+		inbox := &batchInbox{recordingInbox: newInbox("!one:b.test", "!two:b.test")}
+		inbox.reject["m.bad"] = "not allowed: test"
+		a.api.Rooms = inbox
+		v := gomatrixserverlib.RoomVersionV10
+		pdus := []json.RawMessage{
+			fedtest.Event(t, b.key, v, "!one:b.test", "m.test", map[string]int{"n": 1}, 1),
+			fedtest.Event(t, b.key, v, "!two:b.test", "m.test", map[string]int{"n": 2}, 1),
+			fedtest.Event(t, b.key, v, "!one:b.test", "m.test", map[string]int{"n": 3}, 2),
+			fedtest.Event(t, b.key, gomatrixserverlib.RoomVersionV12, "!unknown:b.test", "m.test", map[string]int{"n": 4}, 1),
+			fedtest.Event(t, b.key, v, "!one:b.test", "m.bad", map[string]int{"n": 5}, 3),
+			fedtest.Event(t, b.key, v, "!one:b.test", "m.test", map[string]int{"n": 6}, 4),
+		}
+		res, err := b.tr.Client.SendTransaction(t.Context(), gomatrixserverlib.Transaction{
+			TransactionID: "batch1", Origin: "b.test", Destination: "a.test",
+			OriginServerTS: spec.AsTimestamp(time.Now()), PDUs: pdus,
+		})
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		if got := strings.Join(inbox.received(), " "); got != "m.test#1 m.test#3 m.test#6 m.test#2" {
+			t.Fatalf("inbox got %s, want room one's PDUs in order, then room two's", got)
+		}
+		inbox.bmu.Lock()
+		calls := len(inbox.batches)
+		inbox.bmu.Unlock()
+		if calls != 2 {
+			t.Fatalf("%d ReceivePDUs calls, want one per room", calls)
+		}
+		want := map[int]string{0: "", 1: "", 2: "", 3: "unknown room", 4: "not allowed: test", 5: ""}
+		for i, w := range want {
+			ver := v
+			if i == 3 {
+				ver = gomatrixserverlib.RoomVersionV12
+			}
+			r, ok := res.PDUs[eventIDOf(t, ver, pdus[i])]
+			if !ok || (w == "") != (r.Error == "") || !strings.Contains(r.Error, w) {
+				t.Errorf("PDU %d: result %+v (present %v), want %q", i, r, ok, w)
+			}
+		}
+	})
+}
