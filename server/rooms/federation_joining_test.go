@@ -209,6 +209,10 @@ func (d directT) SendInviteV2(ctx context.Context, origin, _ spec.ServerName, re
 	return res, nil
 }
 
+func (d directT) DoRequestAndParseResponse(ctx context.Context, req *http.Request, result any) error {
+	return serveInvite(ctx, d, req, result, nil, nil)
+}
+
 func TestFederationInvite(t *testing.T) {
 	ctx := context.Background()
 	a, b := newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
