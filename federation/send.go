@@ -193,7 +193,9 @@ func (a *API) send(r *http.Request, origin spec.ServerName, raw []byte) (any, er
 type BatchInbox interface {
 	// ReceivePDUs checks and stores PDUs of one room sent by origin, in
 	// order, and returns each one's result as ReceivePDU would.
-	ReceivePDUs(ctx context.Context, origin spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, pdus []json.RawMessage) []error
+	// parsed[i] is pdus[i] parsed in the room's version
+	// (NewEventFromUntrustedJSON), or nil.
+	ReceivePDUs(ctx context.Context, origin spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) []error
 }
 
 // pduOutcome is one PDU's event ID ("" when it is not an event at all) and
@@ -205,18 +207,21 @@ type pduOutcome struct {
 
 // receivePDUs hands a transaction's PDUs to the RoomInbox, in order within
 // each room: a room's PDUs that pass the transport's checks go together to
-// a BatchInbox, otherwise one at a time.
+// a BatchInbox, otherwise one at a time. A room's version and ACL are
+// looked up once per transaction.
 func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []json.RawMessage) []pduOutcome {
 	out := make([]pduOutcome, len(pdus))
 	batcher, _ := a.Rooms.(BatchInbox)
 	type group struct {
 		version gomatrixserverlib.RoomVersion
 		idx     []int
+		parsed  []gomatrixserverlib.PDU
 	}
 	groups := map[string]*group{}
+	rooms := map[string]*roomCheck{}
 	var order []string
 	for i, pdu := range pdus {
-		roomID, version, eventID, err := a.checkPDU(ctx, origin, pdu)
+		roomID, version, ev, eventID, err := a.checkPDU(ctx, origin, pdu, rooms)
 		if err != nil || batcher == nil {
 			if err == nil {
 				err = a.Rooms.ReceivePDU(ctx, origin, version, pdu)
@@ -232,6 +237,7 @@ func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []js
 			order = append(order, roomID)
 		}
 		g.idx = append(g.idx, i)
+		g.parsed = append(g.parsed, ev)
 	}
 	for _, roomID := range order {
 		g := groups[roomID]
@@ -239,7 +245,7 @@ func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []js
 		for j, i := range g.idx {
 			batch[j] = pdus[i]
 		}
-		errs := batcher.ReceivePDUs(ctx, origin, g.version, batch)
+		errs := batcher.ReceivePDUs(ctx, origin, g.version, batch, g.parsed)
 		for j, i := range g.idx {
 			if j < len(errs) {
 				out[i].err = errs[j]
@@ -251,50 +257,67 @@ func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []js
 	return out
 }
 
+// roomCheck is what the transport's checks found for a room, kept for
+// the rest of a transaction.
+type roomCheck struct {
+	version gomatrixserverlib.RoomVersion
+	err     error // the room's version lookup
+	aclErr  error // the room's ACL for the origin
+	aclDone bool
+}
+
 // checkPDU makes the transport's checks of one PDU (a room this server
-// knows, parsing in its version, the room's ACL) and returns its room,
-// the room's version and its event ID ("" when it is not an event at all).
-func (a *API) checkPDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage) (string, gomatrixserverlib.RoomVersion, string, error) {
+// knows, parsing in its version, the room's ACL) and returns its room, the
+// room's version, the parsed event and its event ID ("" when it is not an
+// event at all). rooms keeps each room's lookups for the transaction.
+func (a *API) checkPDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage, rooms map[string]*roomCheck) (string, gomatrixserverlib.RoomVersion, gomatrixserverlib.PDU, string, error) {
 	var head struct {
 		RoomID  string `json:"room_id"`
 		EventID string `json:"event_id"`
 	}
 	if err := json.Unmarshal(pdu, &head); err != nil {
-		return "", "", "", err
+		return "", "", nil, "", err
 	}
 	if head.RoomID == "" {
-		return "", "", "", errors.New("PDU without room_id")
+		return "", "", nil, "", errors.New("PDU without room_id")
 	}
-	version := gomatrixserverlib.RoomVersion("")
-	var err error
-	if a.Rooms == nil {
-		err = storage.ErrNotFound
-	} else {
-		version, err = a.Rooms.RoomVersion(ctx, head.RoomID)
+	rc := rooms[head.RoomID]
+	if rc == nil {
+		rc = &roomCheck{}
+		if a.Rooms == nil {
+			rc.err = storage.ErrNotFound
+		} else {
+			rc.version, rc.err = a.Rooms.RoomVersion(ctx, head.RoomID)
+		}
+		rooms[head.RoomID] = rc
 	}
+	version, err := rc.version, rc.err
 	if errors.Is(err, storage.ErrNotFound) {
 		// The room's version fixes how its event IDs are computed; for a
 		// room we do not know we use the event_id the PDU carries (room
 		// versions 1-2) or the reference hash of the spec's default room
 		// version (12; versions 11 and 12 compute IDs alike).
-		return head.RoomID, version, eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
+		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
 	}
 	if err != nil {
 		a.Log.WithError(err).Error("looking up a room version")
-		return head.RoomID, version, eventIDGuess(pdu, head.EventID), errors.New("internal error")
+		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), errors.New("internal error")
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
 	if err != nil {
-		return head.RoomID, version, eventIDGuess(pdu, head.EventID), err
+		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), err
 	}
 	ev, err := verImpl.NewEventFromUntrustedJSON(pdu)
 	if err != nil {
-		return head.RoomID, version, eventIDGuess(pdu, head.EventID), err
+		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), err
 	}
-	if err := a.checkACL(ctx, origin, head.RoomID); err != nil { // acl.go
-		return head.RoomID, version, ev.EventID(), aclPDUError(err, origin)
+	if !rc.aclDone {
+		rc.aclErr, rc.aclDone = a.checkACL(ctx, origin, head.RoomID), true // acl.go
 	}
-	return head.RoomID, version, ev.EventID(), nil
+	if rc.aclErr != nil {
+		return head.RoomID, version, nil, ev.EventID(), aclPDUError(rc.aclErr, origin)
+	}
+	return head.RoomID, version, ev, ev.EventID(), nil
 }
 
 func eventIDGuess(pdu json.RawMessage, carried string) string {

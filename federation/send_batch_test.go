@@ -22,7 +22,7 @@ type batchInbox struct {
 	batches [][]string // "room: type#n" per call
 }
 
-func (b *batchInbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, v gomatrixserverlib.RoomVersion, pdus []json.RawMessage) []error {
+func (b *batchInbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, v gomatrixserverlib.RoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) []error {
 	var names []string
 	errs := make([]error, len(pdus))
 	for i, pdu := range pdus {
@@ -31,6 +31,10 @@ func (b *batchInbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, v 
 		}
 		_ = json.Unmarshal(pdu, &ev)
 		names = append(names, ev.RoomID)
+		if i >= len(parsed) || parsed[i] == nil || string(parsed[i].JSON()) == "" {
+			errs[i] = errString("PDU not parsed by the transport")
+			continue
+		}
 		errs[i] = b.ReceivePDU(ctx, origin, v, pdu)
 	}
 	b.bmu.Lock()

@@ -198,6 +198,12 @@ func (s *Service) checkPDU(ctx context.Context, verImpl gomatrixserverlib.IRoomV
 	if err != nil {
 		return nil, refuse("malformed event: %v", err)
 	}
+	return s.checkParsed(ctx, ev, fetched)
+}
+
+// checkParsed is checkPDU on an event parsed already (with the room
+// version's NewEventFromUntrustedJSON).
+func (s *Service) checkParsed(ctx context.Context, ev gomatrixserverlib.PDU, fetched bool) (gomatrixserverlib.PDU, error) {
 	if ev.Redacted() && !fetched {
 		return nil, refuse("content hash of %s does not match the event", ev.EventID())
 	}

@@ -23,13 +23,17 @@ import (
 // first PDU the fast path cannot decide (prev events it lacks, a fork, an
 // outlier, a redaction, a failed check, ...) and all after it go through
 // ReceivePDU one at a time, after the accepted ones were committed.
-func (in *Inbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, version gomatrixserverlib.RoomVersion, pdus []json.RawMessage) []error {
+//
+// parsed, if not nil, holds the PDUs parsed already in the room's version
+// (NewEventFromUntrustedJSON; a nil entry is parsed here), so that the
+// transport's parse is not done again.
+func (in *Inbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, version gomatrixserverlib.RoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) []error {
 	results := make([]error, len(pdus))
 	next := 0
 	if s := in.s; s.fed != nil && s.fed.verifier != nil && len(pdus) > 1 {
 		if verImpl, err := gomatrixserverlib.GetRoomVersion(version); err == nil {
 			var err error
-			next, err = s.receiveBatch(ctx, verImpl, pdus, results)
+			next, err = s.receiveBatch(ctx, verImpl, pdus, parsed, results)
 			if err != nil {
 				// Nothing of the batch was committed: every PDU takes the
 				// one-at-a-time path, which reports its own errors.
@@ -65,12 +69,18 @@ type batchView struct {
 // receiveBatch is ReceivePDUs' fast path. It fills results for the PDUs it
 // decides, a prefix of the batch, and returns how many those are; the
 // caller takes the rest one at a time. An error means nothing was stored.
-func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, results []error) (int, error) {
+func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU, results []error) (int, error) {
 	// Parse and check signatures outside the room lock. The first PDU
 	// that fails ends the prefix: ReceivePDU refuses it with its reason.
 	evs := make([]gomatrixserverlib.PDU, 0, len(pdus))
-	for _, raw := range pdus {
-		ev, err := s.checkPDU(ctx, verImpl, raw, false)
+	for i, raw := range pdus {
+		var ev gomatrixserverlib.PDU
+		var err error
+		if i < len(parsed) && parsed[i] != nil && parsed[i].Version() == verImpl.Version() {
+			ev, err = s.checkParsed(ctx, parsed[i], false)
+		} else {
+			ev, err = s.checkPDU(ctx, verImpl, raw, false)
+		}
 		if err != nil {
 			break
 		}

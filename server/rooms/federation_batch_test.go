@@ -130,8 +130,14 @@ func testFederationBatchReceive(t *testing.T, version string) {
 		}
 		add(c.next(bob, spec.MRoomMember, &bob, `{"membership":"join","displayname":"Bob"}`))
 		add(c.next(bob, "m.room.message", nil, `{"body":"after the rename"}`))
+		// parsed as the transport parses them (the repeat below parses here)
+		verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(rv))
+		var parsed []gomatrixserverlib.PDU
+		for _, raw := range batch {
+			parsed = append(parsed, must[gomatrixserverlib.PDU](t)(verImpl.NewEventFromUntrustedJSON(raw)))
+		}
 		persists, wakes := store.count(), e.wakes.count(alice)
-		errs := inbox.ReceivePDUs(ctx, remoteServer, rv, batch)
+		errs := inbox.ReceivePDUs(ctx, remoteServer, rv, batch, parsed)
 		for i, err := range errs {
 			if err != nil {
 				t.Fatalf("PDU %d: %v", i, err)
@@ -156,7 +162,7 @@ func testFederationBatchReceive(t *testing.T, version string) {
 		}
 		// the same batch again: every PDU answers nil and nothing is written
 		persists = store.count()
-		for i, err := range inbox.ReceivePDUs(ctx, remoteServer, rv, batch) {
+		for i, err := range inbox.ReceivePDUs(ctx, remoteServer, rv, batch, nil) {
 			if err != nil {
 				t.Fatalf("PDU %d again: %v", i, err)
 			}
@@ -180,7 +186,7 @@ func testFederationBatchReceive(t *testing.T, version string) {
 		good3, id3 := c.next(bob, "m.room.message", nil, `{"body":"three"}`)
 		c.prev = []string{"$unknown"}
 		gap, _ := c.next(bob, "m.room.message", nil, `{"body":"gap"}`)
-		errs := inbox.ReceivePDUs(ctx, remoteServer, rv, []json.RawMessage{good1, good1, good2, bad, tampered, good3, gap})
+		errs := inbox.ReceivePDUs(ctx, remoteServer, rv, []json.RawMessage{good1, good1, good2, bad, tampered, good3, gap}, nil)
 		want := []string{"", "", "", "not allowed", "content hash", "", "unknown"}
 		if len(errs) != len(want) {
 			t.Fatalf("%d results for 7 PDUs", len(errs))
