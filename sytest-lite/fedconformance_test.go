@@ -726,6 +726,73 @@ func TestFederationConformanceBadInput(t *testing.T) {
 				t.Fatalf("make_join: %d %s", status, res.Raw)
 			}
 		})
+
+		t.Run("an event rejected by the auth rules is still served over federation but never reaches clients", func(t *testing.T) {
+			// Peers walking the room's graph need rejected events too
+			// (Synapse serves them as well); clients never see them.
+			since := e.fcSince(t)
+			pl := e.alice.MustDo(t, http.MethodGet, Path("rooms", roomID, "state", "m.room.power_levels", ""), nil, http.StatusOK)
+			takeover, err := sjson.SetBytes([]byte(pl.Raw), "users."+gjson.Escape(e.fred.UserID), 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, pdu := e.fcBuild(t, fcProto{roomID: roomID, sender: e.fred.UserID, typ: spec.MRoomPowerLevels, stateKey: ptrTo(""),
+				content: json.RawMessage(takeover),
+				auth:    []string{"m.room.create|", "m.room.power_levels|", "m.room.member|" + e.fred.UserID}})
+			fcRefused(t, e.fcSend(t, e.fKey, []json.RawMessage{pdu}), id, "not allowed")
+			status, res := e.fcFed(t, e.bKey, http.MethodGet, fed+"event/"+url.PathEscape(id), nil)
+			if status != http.StatusOK || res.Get("pdus.#").Int() != 1 || res.Get("pdus.0.content.users."+gjson.Escape(e.fred.UserID)).Int() != 100 {
+				t.Fatalf("GET /_matrix/federation/v1/event of a rejected event: %d %.300s, want 200 with the event", status, res.Raw)
+			}
+			e.fcNotStored(t, roomID, since, id)
+		})
+
+		t.Run("invite (v2) of a v12 room needs m.room.create as a PDU in invite_room_state (400 M_INVALID_PARAM), the invitee sees it stripped", func(t *testing.T) {
+			eve := e.p.a.Register(t)
+			v12 := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersionV12)
+			create, err := v12.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+				SenderID: e.fred.UserID, Type: spec.MRoomCreate, StateKey: ptrTo(""), Depth: 1,
+				Content: []byte(`{"room_version":"12"}`), PrevEvents: []string{}, AuthEvents: []string{},
+			}).Build(time.Now(), e.fKey.ServerName, e.fKey.KeyID, e.fKey.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := "!" + create.EventID()[1:]
+			inv, err := v12.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+				SenderID: e.fred.UserID, RoomID: room, Type: spec.MRoomMember, StateKey: &eve.UserID, Depth: 5,
+				Content: []byte(`{"membership":"invite"}`), PrevEvents: []string{create.EventID()}, AuthEvents: []string{},
+			}).Build(time.Now(), e.fKey.ServerName, e.fKey.KeyID, e.fKey.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := "/_matrix/federation/v2/invite/" + url.PathEscape(room) + "/" + url.PathEscape(inv.EventID())
+			stripped := map[string]any{"type": spec.MRoomCreate, "state_key": "", "sender": e.fred.UserID, "content": map[string]any{"room_version": "12"}}
+			for name, state := range map[string][]any{"none": {}, "stripped": {stripped}} {
+				status, res := e.fcFed(t, e.fKey, http.MethodPut, path, map[string]any{"room_version": "12", "event": json.RawMessage(inv.JSON()), "invite_room_state": state})
+				if status != http.StatusBadRequest || res.Get("errcode").String() != "M_INVALID_PARAM" {
+					t.Fatalf("invite with create %s: %d %s, want 400 M_INVALID_PARAM", name, status, res.Raw)
+				}
+			}
+			if s := eve.Sync(t, ""); s.Get("rooms.invite." + gjson.Escape(room)).Exists() {
+				t.Fatalf("a refused invite reached eve: %s", s.Raw)
+			}
+			status, res := e.fcFed(t, e.fKey, http.MethodPut, path,
+				map[string]any{"room_version": "12", "event": json.RawMessage(inv.JSON()), "invite_room_state": []any{json.RawMessage(create.JSON())}})
+			if status != http.StatusOK || !res.Get("event.signatures."+gjson.Escape(e.p.a.ServerName)).Exists() {
+				t.Fatalf("invite with the create event: %d %s", status, res.Raw)
+			}
+			eve.SyncUntil(t, "", "", func(s gjson.Result) bool {
+				for _, st := range s.Get("rooms.invite." + gjson.Escape(room) + ".invite_state.events").Array() {
+					if st.Get("type").String() == spec.MRoomCreate {
+						if st.Get("sender").String() != e.fred.UserID || st.Get("signatures").Exists() || st.Get("hashes").Exists() {
+							t.Fatalf("create event in invite_state is not stripped: %s", st.Raw)
+						}
+						return true
+					}
+				}
+				return false
+			})
+		})
 	})
 }
 
