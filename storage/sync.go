@@ -49,11 +49,27 @@ type SyncStore interface {
 	// latest read receipt (m.read or m.read.private) and their first
 	// membership event in the room.
 	UnreadCount(ctx context.Context, roomID, userID string, upTo int64) (int, error)
+	// UnreadSince is UnreadCount for a slice of the stream, in one query:
+	// the lower bound (the nid of the later of the read receipt and the
+	// first membership event with nid <= upTo, 0 if neither), the events
+	// UnreadCount counts with max(lower bound, after) < nid <= upTo, and,
+	// when after > 0, whether an m.room.redaction (of any kind: outlier and
+	// rejected included) lies in (after, upTo]. A caller that counted up to
+	// after with the same lower bound adds Count, unless Redactions says an
+	// event it counted may have been redacted since.
+	UnreadSince(ctx context.Context, roomID, userID string, after, upTo int64) (UnreadRange, error)
 	// StoreFilter keeps a filter (JSON) for userID and returns its id.
 	StoreFilter(ctx context.Context, userID string, filter []byte) (string, error)
 	// Filter returns userID's filter by id (ErrNotFound if unknown or
 	// another user's).
 	Filter(ctx context.Context, userID, filterID string) ([]byte, error)
+}
+
+// UnreadRange is what UnreadSince reads.
+type UnreadRange struct {
+	LowerBound int64
+	Count      int
+	Redactions bool
 }
 
 // Membership is one m.room.member event about a user.

@@ -36,6 +36,7 @@ type Service struct {
 	ansMu    stdsync.Mutex
 	answered map[[2]string]answer
 	posReads posReads
+	unread   unreadCache // unread.go
 }
 
 type answer struct {
@@ -674,7 +675,7 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	if jr.Timeline.Events, err = s.timelineEvents(ctx, evs, v, false); err != nil {
 		return nil, false, err
 	}
-	if jr.UnreadNotifications.Notification, err = s.store.UnreadCount(ctx, roomID, v.UserID, to); err != nil {
+	if jr.UnreadNotifications.Notification, err = s.unreadCount(ctx, roomID, v.UserID, to); err != nil {
 		return nil, false, err
 	}
 	nonEmpty := full || len(evs) > 0 || len(state) > 0

@@ -319,19 +319,38 @@ func (s *syncStore) Filter(ctx context.Context, userID, filterID string) ([]byte
 }
 
 func (s *syncStore) UnreadCount(ctx context.Context, roomID, userID string, upTo int64) (int, error) {
+	r, err := s.UnreadSince(ctx, roomID, userID, 0, upTo)
+	return r.Count, err
+}
+
+func (s *syncStore) UnreadSince(ctx context.Context, roomID, userID string, after, upTo int64) (storage.UnreadRange, error) {
 	// The lower bound is the later of the user's read receipt and their first
 	// membership event in the room: what came before either was read, or was
 	// never the user's to read. (The first, not the latest: a profile change
-	// re-sends the join and must not mark anything read.)
-	var n int
-	err := s.db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events
-		WHERE room_id = $1 AND event_nid <= $3 AND sender <> $2
-			AND type IN ('m.room.message', 'm.room.encrypted')
-			AND NOT outlier AND NOT rejected AND redacted_by IS NULL
-			AND event_nid > COALESCE((SELECT MAX(e.event_nid) FROM receipts r JOIN events e ON e.event_id = r.event_id
-				WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
-			AND event_nid > COALESCE((SELECT MIN(event_nid) FROM events
-				WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $3
-					AND NOT outlier AND NOT rejected), 0)`, roomID, userID, upTo).Scan(&n)
-	return n, err
+	// re-sends the join and must not mark anything read.) The count's range
+	// starts at ONE bound, max(lower, after), so that both planners walk
+	// events_room_notify from there rather than from the older of the two.
+	// The redaction probe runs only for an incremental count (after > 0).
+	var r storage.UnreadRange
+	var redactions int
+	err := s.db.R.QueryRowContext(ctx, `SELECT b.lower,
+			(SELECT COUNT(*) FROM events
+				WHERE room_id = $1 AND event_nid > b.lo AND event_nid <= $4 AND sender <> $2
+					AND type IN ('m.room.message', 'm.room.encrypted')
+					AND NOT outlier AND NOT rejected AND redacted_by IS NULL),
+			CASE WHEN CAST($3 AS BIGINT) = 0 THEN 0
+				WHEN EXISTS (SELECT 1 FROM events WHERE room_id = $1 AND event_nid > $3 AND event_nid <= $4
+					AND type = 'm.room.redaction') THEN 1
+				ELSE 0 END
+		FROM (SELECT l.lower, CASE WHEN l.lower > $3 THEN l.lower ELSE $3 END AS lo
+			FROM (SELECT CASE WHEN x.r > x.m THEN x.r ELSE x.m END AS lower
+				FROM (SELECT
+					COALESCE((SELECT MAX(e.event_nid) FROM receipts rc JOIN events e ON e.event_id = rc.event_id
+						WHERE rc.room_id = $1 AND rc.user_id = $2 AND rc.receipt_type IN ('m.read', 'm.read.private')), 0) AS r,
+					COALESCE((SELECT MIN(event_nid) FROM events
+						WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $4
+							AND NOT outlier AND NOT rejected), 0) AS m) x) l) b`,
+		roomID, userID, after, upTo).Scan(&r.LowerBound, &r.Count, &redactions)
+	r.Redactions = redactions != 0
+	return r, err
 }

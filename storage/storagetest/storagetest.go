@@ -21,6 +21,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("RoomRead", func(t *testing.T) { testRoomRead(t, open) })
 	t.Run("MemberRooms", func(t *testing.T) { testMemberRooms(t, open) })
 	t.Run("Sync", func(t *testing.T) { testSync(t, open) })
+	t.Run("Unread", func(t *testing.T) { testUnread(t, open) })
 	t.Run("Media", func(t *testing.T) { testMedia(t, open) })
 	t.Run("AccountData", func(t *testing.T) { testAccountDataStore(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
