@@ -211,7 +211,7 @@ func (q *Queue) run(ctx context.Context, s *destSender) {
 	// retry sends exactly these items (so the same txn ID), never a
 	// regrouping. Its PDUs are loaded again for every retry: the event
 	// store's current form is sent, so a redaction made while the peer was
-	// down is what the peer gets.
+	// down is what the peer gets (under a new txn ID: the body changed).
 	var batch []storage.QueueItem
 	for {
 		select {
@@ -374,10 +374,11 @@ func sendable(it storage.QueueItem) (json.RawMessage, error) {
 	return json.RawMessage(j), nil
 }
 
-// txnIDFor names a batch by its items: a retry of the same batch (even
+// txnIDFor names a batch by its content: a retry of the same batch (even
 // after a restart) carries the same ID, so the peer's deduplication answers
-// it, while any other batch gets another ID. A PDU counts by its event ID,
-// not its JSON, which may change (be redacted) between attempts.
+// it, while any other batch gets another ID. That includes the same items
+// with a PDU redacted between two attempts: the peer gets a new transaction
+// rather than the same ID with another body.
 func txnIDFor(items []storage.QueueItem) gomatrixserverlib.TransactionID {
 	h := sha256.New()
 	var buf [8]byte
@@ -385,13 +386,11 @@ func txnIDFor(items []storage.QueueItem) gomatrixserverlib.TransactionID {
 		binary.BigEndian.PutUint64(buf[:], uint64(it.Position))
 		h.Write(buf[:])
 		h.Write([]byte(it.Kind))
-		body := it.Payload
-		if it.Kind == storage.QueuePDU {
-			body = []byte(it.EventID)
+		for _, b := range [][]byte{[]byte(it.EventID), it.Payload} {
+			binary.BigEndian.PutUint64(buf[:], uint64(len(b)))
+			h.Write(buf[:])
+			h.Write(b)
 		}
-		binary.BigEndian.PutUint64(buf[:], uint64(len(body)))
-		h.Write(buf[:])
-		h.Write(body)
 	}
 	return gomatrixserverlib.TransactionID(hex.EncodeToString(h.Sum(nil)[:16]))
 }
