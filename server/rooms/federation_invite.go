@@ -25,8 +25,10 @@ type InviteResponse struct {
 
 // ReceiveInvite is the invited server's side of invite (v2): an invite of
 // a local user, sent and signed by origin, is countersigned and, for a
-// room this server is not in, stored as an outlier with the stripped state
-// the inviter sent (so /sync shows it); the invitee is woken.
+// room this server is not in, stored as an outlier with the room state the
+// inviter sent, checked and stripped (unsigned.invite_room_state: /sync
+// shows it); the invitee is woken. A bad invite_room_state is 400
+// M_INVALID_PARAM (see inviteRoomState).
 func (s *Service) ReceiveInvite(ctx context.Context, origin spec.ServerName, roomID, eventID string, body json.RawMessage) (*InviteResponse, error) {
 	var req struct {
 		RoomVersion     string            `json:"room_version"`

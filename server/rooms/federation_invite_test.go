@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -151,7 +152,7 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 
 	// Each bad invite_room_state is 400 M_INVALID_PARAM (for v10/v11 where
 	// the spec lets the server validate) and stores nothing on either side.
-	badState := func(t *testing.T, name string, change func(t *testing.T, state []gjson.Result) []json.RawMessage) {
+	badState := func(t *testing.T, name, reason string, change func(t *testing.T, state []gjson.Result) []json.RawMessage) {
 		t.Helper()
 		t.Run(name, func(t *testing.T) {
 			carol := b.user(t)
@@ -163,7 +164,11 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 				return out
 			}
 			defer func() { mutate = nil }()
-			wantCode(t, a.rooms.Invite(ctx, alice, roomID, carol, ""), http.StatusBadRequest, "M_INVALID_PARAM")
+			err := a.rooms.Invite(ctx, alice, roomID, carol, "")
+			wantCode(t, err, http.StatusBadRequest, "M_INVALID_PARAM")
+			if !strings.Contains(err.Error(), reason) {
+				t.Fatalf("refused for another reason: %v; want %q", err, reason)
+			}
 			if _, err := b.store.Rooms().OutlierMembership(ctx, roomID, carol); !errors.Is(err, storage.ErrNotFound) {
 				t.Fatalf("b stored an invite: %v", err)
 			}
@@ -186,10 +191,10 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 	otherRoom := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{RoomVersion: version, Name: "elsewhere"}))
 	otherName := must[[]storage.Event](t)(a.store.Rooms().StateEvents(ctx, otherRoom, []storage.StateKey{{Type: "m.room.name"}}))[0]
 
-	badState(t, "an entry of another room is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "an entry of another room is 400 M_INVALID_PARAM", "is not an event of room !", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		return append(others(state, func(gjson.Result) bool { return false }), json.RawMessage(otherName.JSON))
 	})
-	badState(t, "an entry whose content was changed after signing is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "an entry whose content was changed after signing is 400 M_INVALID_PARAM", "content hash", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		out := others(state, func(gjson.Result) bool { return false })
 		for i, st := range state {
 			if st.Get("type").String() == "m.room.name" {
@@ -198,7 +203,7 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 		}
 		return out
 	})
-	badState(t, "an entry with a bad signature is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "an entry with a bad signature is 400 M_INVALID_PARAM", "bad signature", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		out := others(state, func(gjson.Result) bool { return false })
 		for i, st := range state {
 			if isCreate(st) {
@@ -207,12 +212,23 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 		}
 		return out
 	})
-	badState(t, "an entry that is not an event of the room version is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "an entry that is not an event of the room version is 400 M_INVALID_PARAM", "is not an event of room version", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		out := others(state, func(gjson.Result) bool { return false })
 		return append(out, json.RawMessage(`{"type":"m.room.topic","state_key":"","sender":"`+alice+`","content":{},"hashes":{"sha256":"x"},"signatures":{}}`))
 	})
 
 	if version != "12" {
+		badState(t, "a create event of another room version is 400 M_INVALID_PARAM", "the create event is of room version", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+			// Signed by a, with the room's ID: only the version differs.
+			forged, err := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version)).NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+				SenderID: alice, RoomID: roomID, Type: spec.MRoomCreate, StateKey: new(string), Depth: 1,
+				Content: []byte(`{"room_version":"9"}`), PrevEvents: []string{}, AuthEvents: []string{},
+			}).Build(time.Now(), a.key.ServerName, a.key.KeyID, a.key.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return append(others(state, isCreate), json.RawMessage(forged.JSON()))
+		})
 		t.Run("a legacy invite with stripped state and no create event is accepted", func(t *testing.T) {
 			carol := b.user(t)
 			mutate = func(body []byte) []byte {
@@ -234,10 +250,10 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 		})
 		return
 	}
-	badState(t, "a v12 invite without m.room.create is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "a v12 invite without m.room.create is 400 M_INVALID_PARAM", "must hold the room's m.room.create", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		return others(state, isCreate)
 	})
-	badState(t, "a v12 invite with stripped state is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "a v12 invite with stripped state is 400 M_INVALID_PARAM", "is not an event of room version", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		var out []json.RawMessage
 		for _, st := range state {
 			ss := gomatrixserverlib.InviteStrippedState{}
@@ -248,7 +264,7 @@ func testInviteRoomStatePDUs(t *testing.T, version string) {
 		}
 		return out
 	})
-	badState(t, "a v12 invite whose create event is another room's is 400 M_INVALID_PARAM", func(t *testing.T, state []gjson.Result) []json.RawMessage {
+	badState(t, "a v12 invite whose create event is another room's is 400 M_INVALID_PARAM", "is not an event of room !", func(t *testing.T, state []gjson.Result) []json.RawMessage {
 		otherCreate := must[[]storage.Event](t)(a.store.Rooms().StateEvents(ctx, otherRoom, []storage.StateKey{{Type: "m.room.create"}}))[0]
 		return append(others(state, isCreate), json.RawMessage(otherCreate.JSON))
 	})
