@@ -311,24 +311,10 @@ func (s *Service) inviteStatePDUs(ctx context.Context, verImpl gomatrixserverlib
 	return state, nil
 }
 
-// RawFederationClient sends a federation request signed here
-// (*federation.Client implements it through fclient.FederationClient).
-// Invites need it (the service's FederationClient must implement it):
-// GMSL's InviteV2Request carries stripped state only.
-type RawFederationClient interface {
-	DoRequestAndParseResponse(ctx context.Context, req *http.Request, result any) error
-}
-
 // sendInvite asks dest to countersign the invite ev (PUT
 // /_matrix/federation/v2/invite) with state as invite_room_state.
 func (s *Service) sendInvite(ctx context.Context, dest spec.ServerName, version gomatrixserverlib.RoomVersion, ev gomatrixserverlib.PDU, state []json.RawMessage) (fclient.RespInviteV2, error) {
 	var res fclient.RespInviteV2
-	raw, ok := s.fed.client.(RawFederationClient)
-	if !ok {
-		// GMSL's InviteV2Request would strip the state, which servers
-		// refuse for v12 rooms.
-		return res, errors.New("the federation client cannot send invites with their room state as PDUs")
-	}
 	path := "/_matrix/federation/v2/invite/" + url.PathEscape(ev.RoomID().String()) + "/" + url.PathEscape(ev.EventID())
 	fr := fclient.NewFederationRequest(http.MethodPut, s.key.ServerName, dest, path)
 	body := map[string]any{"room_version": version, "event": json.RawMessage(ev.JSON()), "invite_room_state": state}
@@ -342,6 +328,6 @@ func (s *Service) sendInvite(ctx context.Context, dest spec.ServerName, version 
 	if err != nil {
 		return res, err
 	}
-	err = raw.DoRequestAndParseResponse(ctx, hr, &res)
+	err = s.fed.client.DoRequestAndParseResponse(ctx, hr, &res)
 	return res, err
 }

@@ -17,12 +17,15 @@ import (
 	"github.com/trustcase/node/storage"
 )
 
-// FederationClient is what joining a room on another server sends
-// (*federation.Client implements it).
+// FederationClient is what joining a room on another server and inviting
+// its users send (*federation.Client implements it).
 type FederationClient interface {
 	MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (fclient.RespMakeJoin, error)
 	SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (fclient.RespSendJoin, error)
-	SendInviteV2(ctx context.Context, origin, s spec.ServerName, request fclient.InviteV2Request) (fclient.RespInviteV2, error)
+	// DoRequestAndParseResponse sends a request signed here: invites go
+	// this way, as GMSL's InviteV2Request carries stripped state only
+	// and v12 rooms need invite_room_state as PDUs.
+	DoRequestAndParseResponse(ctx context.Context, req *http.Request, result any) error
 }
 
 // joinServer is the server to join roomID through: the one in its id

@@ -194,21 +194,6 @@ func TestFederationJoinRemote(t *testing.T) {
 	})
 }
 
-func (d directT) SendInviteV2(ctx context.Context, origin, _ spec.ServerName, req fclient.InviteV2Request) (fclient.RespInviteV2, error) {
-	var res fclient.RespInviteV2
-	body, err := json.Marshal(req)
-	if err != nil {
-		return res, err
-	}
-	ev := req.Event()
-	resp, err := d.invitee.rooms.ReceiveInvite(ctx, origin, ev.RoomID().String(), ev.EventID(), body)
-	if err != nil {
-		return res, wireErr(err)
-	}
-	roundTrip(d.t, resp, &res)
-	return res, nil
-}
-
 func (d directT) DoRequestAndParseResponse(ctx context.Context, req *http.Request, result any) error {
 	return serveInvite(ctx, d, req, result, nil, nil)
 }
