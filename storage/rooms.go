@@ -110,7 +110,8 @@ type NewEvent struct {
 	// NewRoom creates the room (the create event), with this version.
 	NewRoom *NewRoom
 	// FederateTo lists the other servers the event is queued for, in the
-	// same transaction (PDU is the full event JSON they are sent).
+	// same transaction. The queue refers to the stored event and sends it
+	// as stored at send time; PDU (the signed JSON) is not stored with it.
 	FederateTo []string
 	PDU        []byte
 
