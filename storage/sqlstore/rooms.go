@@ -197,35 +197,56 @@ func persistEvent(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int64,
 			return 0, err
 		}
 		if ev.Type == "m.room.member" && (ev.Membership == "join" || ev.Membership == "invite" || ev.Membership == "knock") {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`,
-				*ev.StateKey, ev.RoomID); err != nil {
+			if err := unforget(ctx, tx, *ev.StateKey, ev.RoomID); err != nil {
 				return 0, err
 			}
 		}
 	}
-	for _, prev := range ev.PrevEvents {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2`, ev.RoomID, prev); err != nil {
-			return 0, err
-		}
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, ev.RoomID, ev.EventID); err != nil {
+	if err := advanceExtremities(ctx, tx, ev); err != nil {
 		return 0, err
 	}
-	if ev.Redacts != "" {
-		var target int64
-		err := tx.QueryRowContext(ctx, `UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3
-			AND redacted_by IS NULL RETURNING event_nid`, ev.EventID, ev.Redacts, ev.RoomID).Scan(&target)
-		switch {
-		case err == sql.ErrNoRows: // unknown, elsewhere, or redacted before: nothing to purge
-		case err != nil:
-			return 0, err
-		default:
-			if _, err := tx.ExecContext(ctx, `DELETE FROM event_content WHERE event_nid = $1`, target); err != nil {
-				return 0, err
-			}
-		}
+	if err := applyRedaction(ctx, tx, ev); err != nil {
+		return 0, err
 	}
 	return nid, nil
+}
+
+// advanceExtremities makes the event a forward extremity of its room in
+// place of its prev_events.
+func advanceExtremities(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) error {
+	for _, prev := range ev.PrevEvents {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2`, ev.RoomID, prev); err != nil {
+			return err
+		}
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, ev.RoomID, ev.EventID)
+	return err
+}
+
+// applyRedaction marks the event a redaction redacts (in the same room,
+// not redacted before) and deletes its content.
+func applyRedaction(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) error {
+	if ev.Redacts == "" {
+		return nil
+	}
+	var target int64
+	err := tx.QueryRowContext(ctx, `UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3
+		AND redacted_by IS NULL RETURNING event_nid`, ev.EventID, ev.Redacts, ev.RoomID).Scan(&target)
+	switch {
+	case err == sql.ErrNoRows: // unknown, elsewhere, or redacted before: nothing to purge
+		return nil
+	case err != nil:
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `DELETE FROM event_content WHERE event_nid = $1`, target)
+	return err
+}
+
+// unforget clears the user's forgotten mark on the room: a join, invite
+// or knock brings it back.
+func unforget(ctx context.Context, tx *sql.Tx, userID, roomID string) error {
+	_, err := tx.ExecContext(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	return err
 }
 
 func (s *roomStore) JoinedMembers(ctx context.Context, roomID string) ([]string, error) {

@@ -398,32 +398,15 @@ func persistResolved(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int
 	}
 	if ev.Type == "m.room.member" && ev.StateKey != nil && newCur[self].nid == nid &&
 		(ev.Membership == "join" || ev.Membership == "invite" || ev.Membership == "knock") {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`,
-			*ev.StateKey, ev.RoomID); err != nil {
+		if err := unforget(ctx, tx, *ev.StateKey, ev.RoomID); err != nil {
 			return 0, err
 		}
 	}
-	for _, prev := range ev.PrevEvents {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2`, ev.RoomID, prev); err != nil {
-			return 0, err
-		}
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, ev.RoomID, ev.EventID); err != nil {
+	if err := advanceExtremities(ctx, tx, ev); err != nil {
 		return 0, err
 	}
-	if ev.Redacts != "" {
-		var target int64
-		err := tx.QueryRowContext(ctx, `UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3
-			AND redacted_by IS NULL RETURNING event_nid`, ev.EventID, ev.Redacts, ev.RoomID).Scan(&target)
-		switch {
-		case err == sql.ErrNoRows:
-		case err != nil:
-			return 0, err
-		default:
-			if _, err := tx.ExecContext(ctx, `DELETE FROM event_content WHERE event_nid = $1`, target); err != nil {
-				return 0, err
-			}
-		}
+	if err := applyRedaction(ctx, tx, ev); err != nil {
+		return 0, err
 	}
 	if marker {
 		snap, err := insertSnapshot(ctx, tx, ev.RoomID, newCur.nids())
