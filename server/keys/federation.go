@@ -107,6 +107,25 @@ func ownerOf(js json.RawMessage) keyOwner {
 	return o
 }
 
+// canAskRemote tells whether the servers in remote are to be asked, and
+// with which timeout: not when there are none, nor when this server does
+// not federate (each is then a failure).
+func canAskRemote[T any](s *Service, remote map[string]T, failures map[string]json.RawMessage, timeout time.Duration) (time.Duration, bool) {
+	if len(remote) == 0 {
+		return 0, false
+	}
+	if s.fed == nil || s.fed.remote == nil {
+		for server := range remote {
+			failures[server] = unavailable("this server does not federate")
+		}
+		return 0, false
+	}
+	if timeout <= 0 {
+		timeout = DefaultRemoteTimeout
+	}
+	return timeout, true
+}
+
 // queryRemote answers for remote users (remote: server → user → devices):
 // from the cached device list of a user sharing a room with a local user;
 // else, for such a user, from its server's GET /user/devices, which is then
@@ -116,17 +135,9 @@ func ownerOf(js json.RawMessage) keyOwner {
 // failed or timed out, then merges the answers into resp; the caller may
 // fill resp with local keys before calling it.
 func (s *Service) queryRemote(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, resp *QueryResponse) (wait func()) {
-	if len(remote) == 0 {
+	timeout, ok := canAskRemote(s, remote, resp.Failures, timeout)
+	if !ok {
 		return func() {}
-	}
-	if s.fed == nil || s.fed.remote == nil {
-		for server := range remote {
-			resp.Failures[server] = unavailable("this server does not federate")
-		}
-		return func() {}
-	}
-	if timeout <= 0 {
-		timeout = DefaultRemoteTimeout
 	}
 	var jobs []remoteJob
 	for server, users := range remote {
@@ -366,17 +377,9 @@ func (s *Service) keysQueryJob(server string, users map[string][]string) remoteJ
 // claimRemote claims keys from each server in remote (server → user →
 // device → algorithm), in parallel; wait merges the answers like queryRemote's.
 func (s *Service) claimRemote(ctx context.Context, remote map[string]map[string]map[string]string, timeout time.Duration, resp *ClaimResponse) (wait func()) {
-	if len(remote) == 0 {
+	timeout, ok := canAskRemote(s, remote, resp.Failures, timeout)
+	if !ok {
 		return func() {}
-	}
-	if s.fed == nil || s.fed.remote == nil {
-		for server := range remote {
-			resp.Failures[server] = unavailable("this server does not federate")
-		}
-		return func() {}
-	}
-	if timeout <= 0 {
-		timeout = DefaultRemoteTimeout
 	}
 	var jobs []remoteJob
 	for server, asked := range remote {
