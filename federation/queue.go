@@ -24,10 +24,14 @@ import (
 	"github.com/trustcase/node/storage"
 )
 
-// Backoff bounds for a destination that does not answer.
+// Backoff bounds for a destination that does not answer. The cap is short
+// because a crisis network has a handful of peers, each worth one attempt
+// every few minutes, and a peer that comes back after an outage without
+// calling us (it has nothing to send) waits at most the cap for what was
+// queued for it.
 const (
 	DefaultMinBackoff = 2 * time.Second
-	DefaultMaxBackoff = time.Hour
+	DefaultMaxBackoff = 5 * time.Minute
 
 	// DefaultRefusedBackoff is the wait after a refused connection: the
 	// peer's host answered but its node is not listening, which is what a
