@@ -33,13 +33,12 @@ func (in *Inbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, versio
 	if s := in.s; s.fed != nil && s.fed.verifier != nil && len(pdus) > 1 {
 		if verImpl, err := gomatrixserverlib.GetRoomVersion(version); err == nil {
 			var err error
-			next, err = s.receiveBatch(ctx, verImpl, pdus, parsed, results)
+			next, err = s.receiveBatch(ctx, verImpl, pdus, parsed)
 			if err != nil {
 				// Nothing of the batch was committed: every PDU takes the
 				// one-at-a-time path, which reports its own errors.
 				s.log.WithField("origin", origin).WithError(err).Warn("batch receive failed; taking the PDUs one at a time")
 				next = 0
-				clear(results)
 			}
 		}
 	}
@@ -66,10 +65,11 @@ type batchView struct {
 	outliers map[string]bool
 }
 
-// receiveBatch is ReceivePDUs' fast path. It fills results for the PDUs it
-// decides, a prefix of the batch, and returns how many those are; the
-// caller takes the rest one at a time. An error means nothing was stored.
-func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU, results []error) (int, error) {
+// receiveBatch is ReceivePDUs' fast path. It stores the PDUs it decides, a
+// prefix of the batch whose results are all nil, and returns how many those
+// are; the caller takes the rest one at a time. An error means nothing was
+// stored.
+func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) (int, error) {
 	// Parse and check signatures outside the room lock. The first PDU
 	// that fails ends the prefix: ReceivePDU refuses it with its reason.
 	evs := make([]gomatrixserverlib.PDU, 0, len(pdus))
