@@ -190,7 +190,8 @@ func signatureFailure(code, format string, args ...any) json.RawMessage {
 
 // UploadSignatures stores the caller's signatures on keys: its own devices
 // (signed by its self-signing key), its own master key (signed by one of its
-// devices) and other users' master keys (signed by its user-signing key).
+// devices) and other users' master keys (signed by its user-signing key),
+// other servers' users' too (crosssigning_remote.go).
 // Each signature is verified; the ones refused are reported per key in the
 // returned failures (user → key ID → error).
 func (s *Service) UploadSignatures(ctx context.Context, callerID string, body map[string]map[string]json.RawMessage) (map[string]map[string]json.RawMessage, error) {
@@ -218,6 +219,10 @@ func (s *Service) UploadSignatures(ctx context.Context, callerID string, body ma
 	}
 	selfSigning := crossSigningPublicKey(cross[callerID]["self_signing"])
 	userSigning := crossSigningPublicKey(cross[callerID]["user_signing"])
+	remoteKeys, err := s.remoteSigningTargets(ctx, callerID, body)
+	if err != nil {
+		return nil, err
+	}
 	var sigs []storage.KeySignature
 	targets := make([]string, 0, len(body))
 	for u := range body {
@@ -227,7 +232,11 @@ func (s *Service) UploadSignatures(ctx context.Context, callerID string, body ma
 	for _, target := range targets {
 		for keyID, obj := range body[target] {
 			if !s.localUser(target) {
-				fail(target, keyID, signatureFailure("M_UNAVAILABLE", "signatures on remote keys are not supported yet"))
+				remote, failure := remoteSignature(callerID, userSigning, target, keyID, obj, remoteKeys)
+				if failure != nil {
+					fail(target, keyID, failure)
+				}
+				sigs = append(sigs, remote...)
 				continue
 			}
 			stored, kind := devKeys[target][keyID], "device"

@@ -221,6 +221,9 @@ func (s *Service) QueryWithTimeout(ctx context.Context, callerID string, want ma
 	if err != nil {
 		return nil, err
 	}
+	if err := s.addOwnRemoteSignatures(ctx, callerID, resp); err != nil {
+		return nil, err
+	}
 	return resp, nil
 }
 
