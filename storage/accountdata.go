@@ -25,6 +25,14 @@ type Receipt struct {
 	EventID  string
 	TS       int64
 	Pos      int64
+	// FederateTo and FederateEDU are written only: PutReceipt queues
+	// FederateEDU (the m.receipt EDU's JSON) in the federation queue for
+	// each destination in FederateTo in the receipt's own transaction, so
+	// the receipt and its federation copy are stored together or not at
+	// all (see FederationStore.Enqueue). The caller wakes the queue after
+	// the commit. ReceiptsSince leaves them empty.
+	FederateTo  []string
+	FederateEDU json.RawMessage
 }
 
 // AccountDataStore is what server/accountdata keeps: account data (with the
@@ -44,7 +52,9 @@ type AccountDataStore interface {
 
 	// PutReceipt sets the user's receipt of that type and thread in the
 	// room, gives it the next ephemeral position and returns it (r.Pos is
-	// ignored).
+	// ignored), queueing r.FederateEDU for r.FederateTo in the same
+	// transaction. A destination that is empty, or an EDU that is not a
+	// JSON object when there are destinations, fails the whole write.
 	PutReceipt(ctx context.Context, r Receipt) (int64, error)
 	// ReceiptsSince returns the receipts in these rooms with positions in
 	// (from, to], in position order.

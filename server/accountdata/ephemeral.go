@@ -90,24 +90,26 @@ func (s *Service) setFullyRead(ctx context.Context, userID, roomID, eventID stri
 }
 
 func (s *Service) putReceipt(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
-	ts := s.now().UnixMilli()
-	_, err := s.store.PutReceipt(ctx, storage.Receipt{
+	r := storage.Receipt{
 		RoomID: roomID, Type: receiptType, UserID: userID, ThreadID: threadID,
-		EventID: eventID, TS: ts,
-	})
-	if err != nil {
+		EventID: eventID, TS: s.now().UnixMilli(),
+	}
+	// A public receipt's federation copy is queued in the receipt's own
+	// transaction, before the client hears OK (federation_out.go); a
+	// private one never leaves the node.
+	var err error
+	if r.FederateTo, r.FederateEDU, err = s.receiptEDU(ctx, r); err != nil {
 		return err
 	}
+	if _, err := s.store.PutReceipt(ctx, r); err != nil {
+		return err
+	}
+	s.notifyQueue(r.FederateTo)
 	if receiptType == ReceiptReadPrivate {
-		s.wake(userID) // private: never sent to other servers
+		s.wake(userID)
 		return nil
 	}
-	if err := s.wakeRoom(ctx, roomID); err != nil {
-		return err
-	}
-	// Persisted for the room's other servers before the client hears OK
-	// (federation_out.go).
-	return s.sendReceiptEDU(ctx, receiptOut{roomID: roomID, userID: userID, eventID: eventID, threadID: threadID, ts: ts})
+	return s.wakeRoom(ctx, roomID)
 }
 
 func (s *Service) wakeRoom(ctx context.Context, roomID string) error {

@@ -13,6 +13,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/trustcase/node/storage"
 )
 
 // Outbound typing and receipt EDUs (spec: server-server API, "Typing
@@ -21,8 +23,11 @@ import (
 // m.read.private never leaves the node.
 //
 // The two travel differently, on purpose:
-//   - m.receipt is persisted in the federation queue (EDUQueue): a peer that
-//     was down for an hour still learns how far our users read.
+//   - m.receipt is persisted in the federation queue, in the receipt's own
+//     transaction (storage.Receipt.FederateTo), so a crash cannot keep an
+//     acknowledged receipt and lose its federation copy; the queue
+//     (EDUQueue) is woken after the commit. A peer that was down for an
+//     hour still learns how far our users read.
 //   - m.typing is never persisted. It is only true for a few seconds (a
 //     peer drops it after DefaultTypingTimeout anyway), so a queued one is
 //     worthless once a peer comes back, and persisting every keystroke
@@ -33,9 +38,10 @@ import (
 //     only the latest per room and user, and a failed attempt is dropped,
 //     not retried.
 
-// EDUQueue persists EDUs for other servers (*federation.Queue implements it).
+// EDUQueue is told which destinations have new federation queue rows after
+// a receipt and its rows commit (*federation.Queue implements it).
 type EDUQueue interface {
-	EnqueueEDU(ctx context.Context, destinations []string, eduType string, content any) error
+	Notify(destinations ...string)
 }
 
 // TxnSender sends one federation transaction (*federation.Client implements it).
@@ -105,15 +111,17 @@ func (s *Service) remoteServers(ctx context.Context, roomID string) ([]string, e
 	return out, nil
 }
 
-// sendReceiptEDU queues a local user's public read receipt for the room's
-// other servers, persisted before it returns.
-func (s *Service) sendReceiptEDU(ctx context.Context, r receiptOut) error {
-	if s.fed == nil || s.fed.queue == nil || !s.fed.local(r.userID) {
-		return nil
+// receiptEDU returns the destinations and the m.receipt EDU that carry a
+// local user's public read receipt to the room's other servers, for the
+// store to queue with the receipt (none without federation, for a remote
+// user, or with no other server in the room).
+func (s *Service) receiptEDU(ctx context.Context, r storage.Receipt) ([]string, json.RawMessage, error) {
+	if s.fed == nil || s.fed.queue == nil || r.Type != ReceiptRead || !s.fed.local(r.UserID) {
+		return nil, nil, nil
 	}
-	dests, err := s.remoteServers(ctx, r.roomID)
+	dests, err := s.remoteServers(ctx, r.RoomID)
 	if err != nil || len(dests) == 0 {
-		return err
+		return nil, nil, err
 	}
 	type data struct {
 		TS       int64  `json:"ts"`
@@ -123,15 +131,25 @@ func (s *Service) sendReceiptEDU(ctx context.Context, r receiptOut) error {
 		EventIDs []string `json:"event_ids"`
 		Data     data     `json:"data"`
 	}
-	content := map[string]map[string]map[string]userReceipt{
-		r.roomID: {ReceiptRead: {r.userID: {EventIDs: []string{r.eventID}, Data: data{TS: r.ts, ThreadID: r.threadID}}}},
+	content, err := json.Marshal(map[string]map[string]map[string]userReceipt{
+		r.RoomID: {ReceiptRead: {r.UserID: {EventIDs: []string{r.EventID}, Data: data{TS: r.TS, ThreadID: r.ThreadID}}}},
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	return s.fed.queue.EnqueueEDU(ctx, dests, "m.receipt", content)
+	edu, err := json.Marshal(gomatrixserverlib.EDU{Type: "m.receipt", Origin: s.fed.serverName, Content: content})
+	if err != nil {
+		return nil, nil, err
+	}
+	return dests, edu, nil
 }
 
-type receiptOut struct {
-	roomID, userID, eventID, threadID string
-	ts                                int64
+// notifyQueue wakes the senders of destinations whose queue rows just
+// committed.
+func (s *Service) notifyQueue(dests []string) {
+	if len(dests) > 0 && s.fed != nil && s.fed.queue != nil {
+		s.fed.queue.Notify(dests...)
+	}
 }
 
 // sendTypingEDU tells the room's other servers that a local user started

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/trustcase/node/storage"
 )
@@ -91,9 +93,32 @@ func (s *accountDataStore) PutReceipt(ctx context.Context, r storage.Receipt) (i
 			ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET
 				event_id = excluded.event_id, ts = excluded.ts, stream_pos = excluded.stream_pos`,
 			r.RoomID, r.Type, r.UserID, r.ThreadID, r.EventID, r.TS, pos)
-		return err
+		if err != nil || len(r.FederateTo) == 0 {
+			return err
+		}
+		return enqueueReceiptTx(ctx, tx, r)
 	})
 	return pos, err
+}
+
+// enqueueReceiptTx queues the receipt's EDU for its destinations inside the
+// receipt's transaction: an error rolls back the receipt too.
+func enqueueReceiptTx(ctx context.Context, tx *sql.Tx, r storage.Receipt) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(r.FederateEDU, &obj); err != nil || obj == nil {
+		return fmt.Errorf("receipt EDU for %s: not a JSON object", r.RoomID)
+	}
+	item := storage.QueueItem{Kind: storage.QueueEDU, Payload: r.FederateEDU}
+	nowMS := time.Now().UnixMilli()
+	for _, d := range r.FederateTo {
+		if d == "" {
+			return fmt.Errorf("receipt EDU for %s: empty destination", r.RoomID)
+		}
+		if err := enqueueFederationTx(ctx, tx, []string{d}, item, nowMS); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // receiptBatch bounds the IN list of one query (SQLite allows 32766

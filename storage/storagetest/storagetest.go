@@ -24,6 +24,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Unread", func(t *testing.T) { testUnread(t, open) })
 	t.Run("Media", func(t *testing.T) { testMedia(t, open) })
 	t.Run("AccountData", func(t *testing.T) { testAccountDataStore(t, open) })
+	t.Run("ReceiptQueue", func(t *testing.T) { testReceiptQueue(t, open) })
 	t.Run("Keys", func(t *testing.T) { testKeyStore(t, open) })
 	t.Run("Federation", func(t *testing.T) { testFederationStore(t, open) })
 	t.Run("RoomFederation", func(t *testing.T) { testRoomFederation(t, open) })
