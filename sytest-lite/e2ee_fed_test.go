@@ -4,6 +4,7 @@ package sytest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -315,6 +316,71 @@ func TestFederatedE2EE(t *testing.T) {
 			p.b.Start(t)
 			if !q.Get("device_keys."+gjson.Escape(bobC.UserID)+"."+gjson.Escape(bob2C.DeviceID)).Exists() || len(q.Get("failures").Map()) != 0 {
 				t.Fatalf("keys of bob's device with org-b down: %s", q.Raw)
+			}
+		})
+
+		t.Run("org-a's user signs org-b's users' master keys; org-a shows the signature to the signer only", func(t *testing.T) {
+			if bob2C == nil {
+				t.Fatal("the earlier scenario did not log in bob's new device")
+			}
+			usk := newE2EEKey(t)
+			aliceC.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", crossSigningBody(t, aliceC.UserID, newE2EEKey(t), newE2EEKey(t), usk), http.StatusOK)
+			carolC := p.a.Register(t)
+			// Bob shares the room with alice (org-a answers from its cached
+			// device list); dave shares none (org-a asks org-b each time).
+			for _, target := range []*Client{bob2C, p.b.Register(t)} {
+				master := newE2EEKey(t)
+				target.MustDo(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", crossSigningBody(t, target.UserID, master, newE2EEKey(t), newE2EEKey(t)), http.StatusOK)
+				u := gjson.Escape(target.UserID)
+				query := func(c *Client) gjson.Result {
+					return c.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{
+						"device_keys": map[string]any{target.UserID: []string{}},
+					}, http.StatusOK)
+				}
+				var known gjson.Result
+				waitFor(t, "org-a serving "+target.UserID+"'s master key", func() (bool, string) {
+					q := query(aliceC)
+					known = q.Get("master_keys." + u)
+					return known.Get("keys."+gjson.Escape("ed25519:"+master.pub)).String() == master.pub, q.Raw
+				})
+				var masterObj map[string]any
+				if err := json.Unmarshal([]byte(known.Raw), &masterObj); err != nil {
+					t.Fatal(err)
+				}
+				upload := func(keyID string, signed json.RawMessage) gjson.Result {
+					return aliceC.MustDo(t, "POST", "/_matrix/client/v3/keys/signatures/upload", map[string]any{
+						target.UserID: map[string]any{keyID: signed},
+					}, http.StatusOK)
+				}
+				forged := newE2EEKey(t).sign(t, aliceC.UserID, "ed25519:"+usk.pub, masterObj)
+				if f := upload(master.pub, forged).Get("failures." + u + "." + gjson.Escape(master.pub) + ".errcode").String(); f != "M_INVALID_SIGNATURE" {
+					t.Fatalf("a forged signature: failure %q, want M_INVALID_SIGNATURE", f)
+				}
+				if target == bob2C {
+					dev := query(aliceC).Get("device_keys." + u + "." + gjson.Escape(bob2C.DeviceID))
+					var devObj map[string]any
+					if err := json.Unmarshal([]byte(dev.Raw), &devObj); err != nil {
+						t.Fatalf("bob's device keys %q: %v", dev.Raw, err)
+					}
+					delete(devObj, "unsigned")
+					res := upload(bob2C.DeviceID, usk.sign(t, aliceC.UserID, "ed25519:"+usk.pub, devObj))
+					if f := res.Get("failures." + u + "." + gjson.Escape(bob2C.DeviceID) + ".errcode").String(); f != "M_INVALID_SIGNATURE" {
+						t.Fatalf("a signature on bob's device: %s, want M_INVALID_SIGNATURE", res.Raw)
+					}
+				}
+				signed := usk.sign(t, aliceC.UserID, "ed25519:"+usk.pub, masterObj)
+				if res := upload(master.pub, signed); len(res.Get("failures").Map()) != 0 {
+					t.Fatalf("a valid signature: %s", res.Raw)
+				}
+				sigPath := "master_keys." + u + ".signatures." + gjson.Escape(aliceC.UserID) + "." + gjson.Escape("ed25519:"+usk.pub)
+				want := gjson.GetBytes(signed, "signatures."+gjson.Escape(aliceC.UserID)+"."+gjson.Escape("ed25519:"+usk.pub)).String()
+				if got := query(aliceC).Get(sigPath).String(); got == "" || got != want {
+					t.Fatalf("alice's query: signature %q, want %q", got, want)
+				}
+				other := query(carolC)
+				if !other.Get("master_keys."+u).Exists() || other.Get(sigPath).Exists() {
+					t.Fatalf("carol's query shows alice's signature: %s", other.Raw)
+				}
 			}
 		})
 
