@@ -304,9 +304,16 @@ func TestE2EEKeys(t *testing.T) {
 			if len(res.Get("failures").Map()) != 0 {
 				t.Fatalf("failures = %s", res.Raw)
 			}
+			// Only the signer sees it (spec, Cross-signing: user-signing
+			// signatures "are only visible to the user who created them").
+			sig := "master_keys." + gjson.Escape(bob.UserID) + ".signatures." + gjson.Escape(alice.UserID)
+			q = alice.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{bob.UserID: []string{}}}, http.StatusOK)
+			if !q.Get(sig + "." + gjson.Escape("ed25519:"+aUSK.pub)).Exists() {
+				t.Fatalf("the signature is not in the signer's query: %s", q.Raw)
+			}
 			q = bob.MustDo(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{bob.UserID: []string{}}}, http.StatusOK)
-			if !q.Get("master_keys." + gjson.Escape(bob.UserID) + ".signatures." + gjson.Escape(alice.UserID) + "." + gjson.Escape("ed25519:"+aUSK.pub)).Exists() {
-				t.Fatalf("the signature is not in the query: %s", q.Raw)
+			if q.Get(sig).Exists() {
+				t.Fatalf("the signed user sees the signature: %s", q.Raw)
 			}
 		})
 

@@ -186,8 +186,10 @@ func (s *Service) localUser(userID string) bool {
 }
 
 // Query returns the requested users' device keys (all devices when the list
-// is empty) and cross-signing keys, with the signatures others uploaded.
-// user_signing keys are only shown to their owner (spec: "POST /keys/query").
+// is empty) and cross-signing keys, with the signatures their owners
+// uploaded and those the caller's user-signing key made on others' master
+// keys; no one else's (signaturesOn). user_signing keys are only shown to
+// their owner (spec: "POST /keys/query").
 // Remote users are asked of their servers (DefaultRemoteTimeout).
 func (s *Service) Query(ctx context.Context, callerID string, want map[string][]string) (*QueryResponse, error) {
 	return s.QueryWithTimeout(ctx, callerID, want, 0)
@@ -237,8 +239,8 @@ func newQueryResponse() *QueryResponse {
 	}
 }
 
-// queryLocal adds the local users' keys to resp (user_signing keys only
-// for callerID; "" for none).
+// queryLocal adds the local users' keys to resp (user_signing keys, and
+// signatures on others' keys, only for callerID; "" for none).
 func (s *Service) queryLocal(ctx context.Context, callerID string, users []string, want map[string][]string, resp *QueryResponse) error {
 	sort.Strings(users)
 	if len(users) == 0 {
@@ -256,7 +258,7 @@ func (s *Service) queryLocal(ctx context.Context, callerID string, users []strin
 	if err != nil {
 		return err
 	}
-	extra, err := s.signaturesOn(ctx, users)
+	extra, err := s.signaturesOn(ctx, callerID, users)
 	if err != nil {
 		return err
 	}
@@ -294,15 +296,27 @@ func (s *Service) queryLocal(ctx context.Context, callerID string, users []strin
 	return nil
 }
 
-// signaturesOn returns the stored signatures on the users' keys:
+// signaturesOn returns the stored signatures on the users' keys that
+// callerID may see ("" for another server: only the owners' own):
 // target user → target key ID → signer → signer key → signature.
-func (s *Service) signaturesOn(ctx context.Context, users []string) (map[string]map[string]map[string]map[string]string, error) {
+//
+// A signature by a user other than the key's owner is a user-signing key's
+// signature on a master key (the only kind UploadSignatures accepts), and
+// the spec (Cross-signing, end_to_end_encryption.md: "Dotted boxes and
+// lines represent keys and signatures that are only visible to the user
+// who created them", the dotted lines being the user-signing keys'
+// signatures on the other user's master key) shows it only to its signer:
+// not to the signed user, nor to anyone else, nor over federation.
+func (s *Service) signaturesOn(ctx context.Context, callerID string, users []string) (map[string]map[string]map[string]map[string]string, error) {
 	sigs, err := s.store.Signatures(ctx, users)
 	if err != nil {
 		return nil, err
 	}
 	extra := map[string]map[string]map[string]map[string]string{}
 	for _, sg := range sigs {
+		if sg.SignerUserID != sg.TargetUserID && (callerID == "" || sg.SignerUserID != callerID) {
+			continue
+		}
 		if extra[sg.TargetUserID] == nil {
 			extra[sg.TargetUserID] = map[string]map[string]map[string]string{}
 		}

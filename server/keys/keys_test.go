@@ -326,16 +326,116 @@ func TestSignatureUploadVerifiesEachSignature(t *testing.T) {
 	if failures["@b:x"][bMaster.pub] == nil {
 		t.Fatalf("forged signature accepted: %s", keysTestJSON(failures))
 	}
-	// The stored signatures show up in queries, by anyone.
+	// The signature on a's own device shows up in anyone's query; the one
+	// by a's user-signing key on b's master key only in a's (see
+	// TestUserSigningSignaturesAreVisibleOnlyToTheSigner).
 	q, _ = svc.Query(ctx, "@b:x", map[string][]string{"@a:x": {}, "@b:x": {}})
 	sigs, _ := signaturesOf(q.DeviceKeys["@a:x"]["DEV"])
 	if sigs["@a:x"]["ed25519:"+aSSK.pub] == "" || sigs["@a:x"]["ed25519:DEV"] == "" {
 		t.Fatalf("device signatures = %v", sigs)
 	}
 	sigs, _ = signaturesOf(q.MasterKeys["@b:x"])
+	if got := sigs["@a:x"]; got != nil {
+		t.Fatalf("b sees a's user-signing signature on its master key: %v", sigs)
+	}
+	q, _ = svc.Query(ctx, "@a:x", map[string][]string{"@b:x": {}})
+	sigs, _ = signaturesOf(q.MasterKeys["@b:x"])
 	if got := sigs["@a:x"]["ed25519:"+aUSK.pub]; got == "" || got == forgedSig(forged, aUSK.pub) {
 		t.Fatalf("master key signatures = %v", sigs)
 	}
+}
+
+// Spec, Cross-signing (end_to_end_encryption.md): in the diagram "Dotted
+// boxes and lines represent keys and signatures that are only visible to
+// the user who created them"; Alice's user-signing key's signature on Bob's
+// master key is such a dotted line, so Bob, the signed user, does not see it
+// either, nor does a third user, nor another server.
+func TestUserSigningSignaturesAreVisibleOnlyToTheSigner(t *testing.T) {
+	svc, db, _ := newTestService(t)
+	ctx := t.Context()
+	signers := map[string][4]signer{} // master, self-signing, user-signing, device
+	for _, u := range []string{"@alice:x", "@bob:x", "@carol:x"} {
+		addUser(t, db, u, "DEV")
+		dev := newSigner(t)
+		if _, err := svc.Upload(ctx, u, "DEV", UploadRequest{DeviceKeys: deviceKeys(t, dev, u, "DEV")}); err != nil {
+			t.Fatal(err)
+		}
+		m, ss, us := newSigner(t), newSigner(t), newSigner(t)
+		if err := svc.UploadSigningKeys(ctx, u, crossSigningUpload(t, u, m, ss, us), nil); err != nil {
+			t.Fatal(err)
+		}
+		signers[u] = [4]signer{m, ss, us, dev}
+	}
+	bobMaster, bobDev := signers["@bob:x"][0], signers["@bob:x"][3]
+	aliceSSK, aliceUSK := signers["@alice:x"][1], signers["@alice:x"][2]
+
+	// Bob's master key as alice sees it, and her own device to self-sign.
+	q, err := svc.Query(ctx, "@alice:x", map[string][]string{"@alice:x": {}, "@bob:x": {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bobKey, aliceDev map[string]any
+	json.Unmarshal(q.MasterKeys["@bob:x"], &bobKey)
+	json.Unmarshal(q.DeviceKeys["@alice:x"]["DEV"], &aliceDev)
+	delete(aliceDev, "unsigned")
+	failures, err := svc.UploadSignatures(ctx, "@alice:x", map[string]map[string]json.RawMessage{
+		"@bob:x":   {bobMaster.pub: aliceUSK.sign(t, "@alice:x", "ed25519:"+aliceUSK.pub, bobKey)},
+		"@alice:x": {"DEV": aliceSSK.sign(t, "@alice:x", "ed25519:"+aliceSSK.pub, aliceDev)},
+	})
+	if err != nil || len(failures) != 0 {
+		t.Fatalf("UploadSignatures: %v %s", err, keysTestJSON(failures))
+	}
+	// Bob's device signs his master key: the owner's signature.
+	failures, err = svc.UploadSignatures(ctx, "@bob:x", map[string]map[string]json.RawMessage{
+		"@bob:x": {bobMaster.pub: bobDev.sign(t, "@bob:x", "ed25519:DEV", bobKey)},
+	})
+	if err != nil || len(failures) != 0 {
+		t.Fatalf("UploadSignatures: %v %s", err, keysTestJSON(failures))
+	}
+
+	uskSig := "ed25519:" + aliceUSK.pub
+	masterSigs := func(t *testing.T, caller string) map[string]map[string]string {
+		t.Helper()
+		q, err := svc.Query(ctx, caller, map[string][]string{"@alice:x": {}, "@bob:x": {}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Self-signatures stay visible to everyone.
+		dev, _ := signaturesOf(q.DeviceKeys["@alice:x"]["DEV"])
+		if dev["@alice:x"]["ed25519:"+aliceSSK.pub] == "" {
+			t.Fatalf("%s does not see alice's self-signing signature on her device: %v", caller, dev)
+		}
+		own, _ := signaturesOf(q.MasterKeys["@bob:x"])
+		if own["@bob:x"]["ed25519:DEV"] == "" {
+			t.Fatalf("%s does not see bob's own signature on his master key: %v", caller, own)
+		}
+		return own
+	}
+	t.Run("the signer sees it", func(t *testing.T) {
+		if masterSigs(t, "@alice:x")["@alice:x"][uskSig] == "" {
+			t.Fatal("alice does not see her signature on bob's master key")
+		}
+	})
+	t.Run("a third user does not", func(t *testing.T) {
+		if got := masterSigs(t, "@carol:x")["@alice:x"]; got != nil {
+			t.Fatalf("carol sees %v", got)
+		}
+	})
+	t.Run("the signed user does not", func(t *testing.T) {
+		if got := masterSigs(t, "@bob:x")["@alice:x"]; got != nil {
+			t.Fatalf("bob sees %v", got)
+		}
+	})
+	t.Run("another server does not", func(t *testing.T) {
+		resp := newQueryResponse()
+		if err := svc.queryLocal(ctx, "", []string{"@bob:x"}, nil, resp); err != nil {
+			t.Fatal(err)
+		}
+		sigs, _ := signaturesOf(resp.MasterKeys["@bob:x"])
+		if sigs["@alice:x"] != nil || sigs["@bob:x"]["ed25519:DEV"] == "" {
+			t.Fatalf("signatures for other servers = %v", sigs)
+		}
+	})
 }
 
 func forgedSig(obj json.RawMessage, pub string) string {
