@@ -173,6 +173,11 @@ type RoomHistoryStore interface {
 	// EarliestEvent returns the room's accepted timeline event with the
 	// lowest nid, where backfilling goes on from; ErrNotFound if none.
 	EarliestEvent(ctx context.Context, roomID string) (Event, error)
+	// LiveDepthFloor returns the lowest depth of the room's live timeline
+	// events (backfilled history and outliers do not count): where this
+	// server's own view of the room graph begins, usually its first join.
+	// ErrNotFound if the room has none.
+	LiveDepthFloor(ctx context.Context, roomID string) (int64, error)
 	// PersistBackfill stores, in one transaction, events of roomID fetched
 	// from another server as history before everything the store holds:
 	// in the order given (newest first), each takes the next nid down

@@ -385,7 +385,9 @@ func (s *Service) admit(ctx context.Context, verImpl gomatrixserverlib.IRoomVers
 		return false, refuse("cannot store the event: %v", err)
 	}
 	ne.FromOutlier = fromOutlier
-	if before != nil {
+	if !linear {
+		// Always explicit off the linear path, even when empty (a create
+		// event): no state given means the room's current one.
 		ne.StateBefore = eventIDs(before)
 	}
 	log := s.log.WithField("room_id", roomID).WithField("event_id", ev.EventID())

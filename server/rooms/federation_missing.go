@@ -56,9 +56,11 @@ func (s *Service) gapClient() GapClient {
 // lock, then the event is checked and stored under it.
 func (s *Service) receiveEvent(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) error {
 	roomID := ev.RoomID().String()
-	if have, err := s.store.Event(ctx, ev.EventID()); err == nil && !have.Outlier {
-		return nil // already have it (an outlier joins the timeline now)
-	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if have, err := s.store.Event(ctx, ev.EventID()); err == nil {
+		if !have.Outlier || s.beforeLiveView(ctx, roomID, ev) {
+			return nil // already have it (an outlier joins the timeline now, unless it is older than this server's view)
+		}
+	} else if !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
 	missing, err := s.missingPrevs(ctx, roomID, ev)
@@ -84,6 +86,16 @@ func (s *Service) receiveEvent(ctx context.Context, origin spec.ServerName, verI
 	defer unlock()
 	_, err = s.admit(ctx, verImpl, ev, admitOpts{gap: gap})
 	return err
+}
+
+// beforeLiveView tells an event from below the depth where this server's
+// timeline of the room begins (its join): such an event it holds as an
+// outlier (the join's state and auth chain) stays one. Taking it into the
+// timeline would show clients the room's old history as new, and would
+// judge it on a state this server never had.
+func (s *Service) beforeLiveView(ctx context.Context, roomID string, ev gomatrixserverlib.PDU) bool {
+	floor, err := s.store.LiveDepthFloor(ctx, roomID)
+	return err == nil && ev.Depth() < floor
 }
 
 // missingPrevs lists the event's prev_events that are not timeline events
@@ -136,6 +148,14 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 		}
 	}
 	minDepth = max(0, minDepth-missingEventsLimit)
+	// Nor below where this server's timeline begins (as Synapse does): the
+	// other server's walk runs back to the room's start when it lacks our
+	// extremities (our own events it has not received yet).
+	floor, err := s.store.LiveDepthFloor(ctx, roomID)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return nil, err
+	}
+	minDepth = max(minDepth, floor)
 	resp, err := c.LookupMissingEvents(ctx, s.key.ServerName, origin, roomID, fclient.MissingEvents{
 		Limit: missingEventsLimit, MinDepth: int(minDepth), EarliestEvents: exts, LatestEvents: []string{ev.EventID()},
 	}, verImpl.Version())
@@ -152,7 +172,7 @@ func (s *Service) fillGap(ctx context.Context, origin spec.ServerName, verImpl g
 			log.WithError(err).Info("get_missing_events answered an unusable event")
 			continue
 		}
-		if fe.RoomID().String() != roomID || fe.EventID() == ev.EventID() {
+		if fe.RoomID().String() != roomID || fe.EventID() == ev.EventID() || fe.Depth() < floor {
 			continue
 		}
 		fetched = append(fetched, fe)

@@ -602,3 +602,71 @@ func TestFederationRejectionAndSoftFail(t *testing.T) {
 	})
 }
 func strPtr(s string) *string { return &s }
+
+// A server whose own latest event the other has not seen yet asks for
+// missing events from an extremity the other cannot find, so the other's
+// walk runs back to the room's start: the events from before the join that
+// this server holds as outliers (its join's state and auth chain) must not
+// be re-judged on a wrong state, which would reject the members' joins.
+func TestFederationMissingEventsFromBeforeTheJoin(t *testing.T) {
+	ctx := context.Background()
+	a, b := newEnvAs(t, "a.test"), newEnvAs(t, "b.test")
+	keys := serverKeys{a.key, b.key}
+	calls := &gapCalls{}
+	a.federate(&notified{}, keys, gapT{directT{direct{resident: b, invitee: b}, t}, calls})
+	b.federate(&notified{}, keys, gapT{directT{direct{resident: a, invitee: a}, t}, calls})
+	alice, bob := a.user(t), b.user(t)
+	roomID := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "private_chat"}))
+	if err := a.rooms.Invite(ctx, alice, roomID, bob, ""); err != nil {
+		t.Fatal(err)
+	}
+	must[string](t)(b.rooms.JoinVia(ctx, bob, roomID, "", []string{"a.test"}))
+	deliver(t, b, a)
+	create := a.state(t, roomID)["m.room.create|"]
+	createID := create.Get("event_id").String()
+	bobJoin := b.stateIDs(t, roomID)["m.room.member|"+bob]
+
+	// bob's message does not reach a yet; a's first message does not reach b.
+	bobFirst := must[string](t)(b.rooms.Send(ctx, bob, "D", roomID, "m.room.message", "b1", []byte(`{"body":"unseen by a"}`)))
+	drop(t, b, a)
+	must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", "a1", []byte(`{"body":"missed by b"}`)))
+	drop(t, a, b)
+	last := must[string](t)(a.rooms.Send(ctx, alice, "D", roomID, "m.room.message", "a2", []byte(`{"body":"seen by b"}`)))
+	before := calls.get(&calls.missing)
+	deliver(t, a, b)
+	if calls.get(&calls.missing) == before {
+		t.Fatal("b did not ask for the missing events")
+	}
+
+	tl := b.timeline(t, roomID)
+	if !has(tl, last) {
+		t.Fatalf("b's timeline lacks %s", last)
+	}
+	if has(tl, createID) {
+		t.Fatal("the room's create event, from before b's join, entered b's timeline")
+	}
+	var aEvents []string
+	for _, ev := range must[[]storage.Event](t)(a.store.Sync().RoomEvents(ctx, roomID, storage.EventQuery{})) {
+		aEvents = append(aEvents, ev.EventID)
+	}
+	if rejected := must[map[string]bool](t)(b.store.Rooms().RejectedEvents(ctx, aEvents)); len(rejected) > 0 {
+		t.Fatalf("b rejected events a accepted (its join's auth chain among them): %v", rejected)
+	}
+	joinDepth := must[storage.Event](t)(b.store.Rooms().Event(ctx, bobJoin)).Depth
+	for _, id := range tl {
+		if ev := must[storage.Event](t)(b.store.Rooms().Event(ctx, id)); ev.Depth < joinDepth {
+			t.Fatalf("%s (%s, depth %d) from before b's join entered b's timeline", id, ev.Type, ev.Depth)
+		}
+	}
+	if got := b.stateIDs(t, roomID)["m.room.member|"+bob]; got != bobJoin {
+		t.Fatalf("bob's membership on b is %s, want his join %s", got, bobJoin)
+	}
+	// bob goes on talking and a takes it (with the message a had missed).
+	deliver(t, b, a)
+	after := must[string](t)(b.rooms.Send(ctx, bob, "D", roomID, "m.room.message", "b2", []byte(`{"body":"after"}`)))
+	deliver(t, b, a)
+	onA := a.timeline(t, roomID)
+	if !has(onA, after) {
+		t.Fatalf("a did not take bob's message after the gap (a has bob's first: %v)", has(onA, bobFirst))
+	}
+}

@@ -111,6 +111,13 @@ func (s *roomStore) EarliestEvent(ctx context.Context, roomID string) (storage.E
 	return evs[0], nil
 }
 
+func (s *roomStore) LiveDepthFloor(ctx context.Context, roomID string) (int64, error) {
+	var depth int64
+	err := s.db.R.QueryRowContext(ctx, `SELECT depth FROM events WHERE room_id = $1 AND event_nid > 0 AND NOT outlier
+		ORDER BY depth LIMIT 1`, roomID).Scan(&depth)
+	return depth, s.db.mapErr(err)
+}
+
 func (s *roomStore) PersistBackfill(ctx context.Context, roomID string, evs []storage.NewEvent) (int, error) {
 	// PostgreSQL's identity column takes an explicit value only when told.
 	overriding := ""

@@ -157,6 +157,11 @@ func testRoomRead(t *testing.T, open Opener) {
 		if early, err := rs.EarliestEvent(ctx, w.roomID); err != nil || early.EventID != history[0].EventID {
 			t.Fatalf("earliest after backfill: %s, %v", early.EventID, err)
 		}
+		// The live view starts at the join: neither the backfilled history
+		// nor the join's state (outliers, lower depths) moves the floor.
+		if floor, err := rs.LiveDepthFloor(ctx, w.roomID); err != nil || floor != join.Depth {
+			t.Fatalf("live depth floor %d, %v; want the join's depth %d", floor, err, join.Depth)
+		}
 		// /messages reads them before the join; /sync (after >= 0) never does.
 		back, err := store.Sync().RoomEvents(ctx, w.roomID, storage.EventQuery{After: math.MinInt64, UpTo: 0, Backward: true})
 		if err != nil || len(back) != 3 || back[0].EventID != history[2].EventID {
@@ -246,6 +251,9 @@ func testRoomRead(t *testing.T, open Opener) {
 		}
 		if _, err := rs.EarliestEvent(ctx, "!nothing:a.test"); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("unknown room earliest: %v, want ErrNotFound", err)
+		}
+		if _, err := rs.LiveDepthFloor(ctx, "!nothing:a.test"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("unknown room depth floor: %v, want ErrNotFound", err)
 		}
 	})
 }
