@@ -94,7 +94,10 @@ func (db *DB) mapErr(err error) error {
 // migrations serves both backends: the dialect expands the few column types
 // that differ.
 func (db *DB) Migrate(ctx context.Context) error {
-	return db.migrate(ctx, migrations)
+	if err := db.migrate(ctx, migrations); err != nil {
+		return err
+	}
+	return fillMembershipChanges(ctx, db) // the data step of 0072 (membershipchanges.go)
 }
 
 func (db *DB) migrate(ctx context.Context, fsys fs.FS) error {

@@ -196,6 +196,11 @@ func persistEvent(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int64,
 			ev.RoomID, ev.Type, *ev.StateKey, nid, membership); err != nil {
 			return 0, err
 		}
+		if ev.Type == "m.room.member" {
+			if err := insertMemberChange(ctx, tx, ev.RoomID, *ev.StateKey, nid, ev.Membership, ev.EventID); err != nil {
+				return 0, err
+			}
+		}
 		if ev.Type == "m.room.member" && (ev.Membership == "join" || ev.Membership == "invite" || ev.Membership == "knock") {
 			if err := unforget(ctx, tx, *ev.StateKey, ev.RoomID); err != nil {
 				return 0, err

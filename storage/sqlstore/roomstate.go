@@ -32,10 +32,11 @@ import (
 // prev_event and never leaves the node.
 //
 // current_state (JoinedMembers, Membership, MemberRooms) always holds the
-// resolved state. What /sync reads from the member events stream
-// (UserMemberships, VisibilityChanges: the latest accepted member event by
-// position) can differ when a resolution keeps an older member event over a
-// newer one; such a change has no timeline position of its own yet.
+// resolved state, and every change of a member entry in it is recorded in
+// membership_changes at the position /sync sees it (the event, or the
+// synthetic row): UserMemberships and VisibilityChanges read that, so a
+// resolution that keeps an older member event over a newer one changes
+// what /sync shows the user from that position on.
 
 // stateResolvedType is the type of the synthetic timeline row that marks a
 // change of the current state made by state resolution.
@@ -294,6 +295,10 @@ func persistResolved(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int
 	if err != nil {
 		return 0, err
 	}
+	// The current state as /sync last saw it: an outlier in it that joins
+	// the timeline now (renumbered below) is a membership change at its
+	// position.
+	seen := cur
 	notApplied := ev.Rejected || ev.SoftFailed
 	var stateKey any
 	if ev.StateKey != nil {
@@ -408,17 +413,24 @@ func persistResolved(ctx context.Context, tx *sql.Tx, ev *storage.NewEvent) (int
 	if err := applyRedaction(ctx, tx, ev); err != nil {
 		return 0, err
 	}
+	// The memberships /sync reads change where its state does: at the
+	// event, or at the synthetic row after it.
+	pos := nid
 	if marker {
 		snap, err := insertSnapshot(ctx, tx, ev.RoomID, newCur.nids())
 		if err != nil {
 			return 0, err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, origin_server_ts,
-			depth, state_before, rejected, skeleton_json) VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, TRUE, '{}')`,
+		if err := tx.QueryRowContext(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, origin_server_ts,
+			depth, state_before, rejected, skeleton_json) VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, TRUE, '{}')
+			RETURNING event_nid`,
 			"$~resolved~"+strings.TrimPrefix(ev.EventID, "$"), ev.RoomID, stateResolvedType, ev.Sender, ev.OriginServerTS,
-			ev.Depth, snap); err != nil {
+			ev.Depth, snap).Scan(&pos); err != nil {
 			return 0, err
 		}
+	}
+	if err := recordMemberChanges(ctx, tx, ev.RoomID, seen, newCur, pos); err != nil {
+		return 0, err
 	}
 	return nid, nil
 }

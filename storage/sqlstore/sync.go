@@ -27,11 +27,22 @@ func (s *syncStore) TimelinePosition(ctx context.Context) (int64, error) {
 }
 
 func (s *syncStore) UserMemberships(ctx context.Context, userID string, upTo int64) ([]storage.Membership, error) {
-	// The membership is read from the skeleton: every room version's
-	// redaction algorithm keeps content.membership.
-	rows, err := s.db.R.QueryContext(ctx, `SELECT room_id, event_nid, event_id, skeleton_json, outlier FROM events
-		WHERE state_key = $1 AND type = 'm.room.member' AND event_nid <= $2 AND NOT rejected
-		ORDER BY event_nid`, userID, upTo)
+	// Live memberships are the changes of the current state
+	// (membership_changes), so /sync follows the resolved state. Besides
+	// them come the user's member events the current state does not record:
+	// outliers (an invite over federation to a room the node is not in, and
+	// its rejection) and backfilled history (negative nids). Their
+	// membership is read from the skeleton: every room version's redaction
+	// algorithm keeps content.membership.
+	rows, err := s.db.R.QueryContext(ctx, `SELECT room_id, pos, event_id, membership, '', FALSE FROM membership_changes
+			WHERE user_id = $1 AND pos <= $2
+		UNION ALL
+		SELECT room_id, event_nid, event_id, '', skeleton_json, TRUE FROM events
+			WHERE state_key = $1 AND outlier AND type = 'm.room.member' AND event_nid <= $2 AND NOT rejected
+		UNION ALL
+		SELECT room_id, event_nid, event_id, '', skeleton_json, FALSE FROM events
+			WHERE state_key = $1 AND type = 'm.room.member' AND event_nid < 0 AND event_nid <= $2 AND NOT outlier AND NOT rejected
+		ORDER BY 2`, userID, upTo)
 	if err != nil {
 		return nil, err
 	}
@@ -42,13 +53,15 @@ func (s *syncStore) UserMemberships(ctx context.Context, userID string, upTo int
 		var m storage.Membership
 		var skel string
 		var outlier bool
-		if err := rows.Scan(&m.RoomID, &m.NID, &m.EventID, &skel, &outlier); err != nil {
+		if err := rows.Scan(&m.RoomID, &m.NID, &m.EventID, &m.Membership, &skel, &outlier); err != nil {
 			return nil, err
 		}
-		m.Membership = gjson.Get(skel, "content.membership").String()
-		// An invite over federation to a room the node is not in arrives
-		// as an outlier, and so does its rejection (a leave right after
-		// it); other outliers are not the user's membership.
+		if skel != "" {
+			m.Membership = gjson.Get(skel, "content.membership").String()
+		}
+		// Of the outliers, an invite over federation to a room the node
+		// is not in counts, and so does its rejection (a leave right
+		// after it).
 		if outlier && m.Membership != "invite" && !(m.Membership == "leave" && outlierInvite[m.RoomID]) {
 			continue
 		}
@@ -255,18 +268,23 @@ func (s *syncStore) EventByID(ctx context.Context, eventID string) (storage.Even
 
 // VisibilityChanges is index lookups joined with UNION ALL: written as
 // one WHERE with an OR, SQLite's planner scanned the room's whole history
-// (BENCHMARKS.md, initial sync). The third is the history_visibility a
-// join over federation brought (an outlier stored just before the room's
-// first live event), at position 0: after backfilled history, before
-// every live event.
+// (BENCHMARKS.md, initial sync). The user's live memberships are the
+// changes of the current state (membership_changes, which follows state
+// resolution); backfilled ones (negative nids) come from their events. The
+// last is the history_visibility a join over federation brought (an outlier
+// stored just before the room's first live event), at position 0: after
+// backfilled history, before every live event.
 func (s *syncStore) VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]storage.StateChange, error) {
-	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
+	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json, '' FROM events
 		WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND event_nid <= $3 AND NOT outlier AND NOT rejected
 		UNION ALL
-		SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
-		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid <= $3 AND NOT outlier AND NOT rejected
+		SELECT pos, event_id, 'm.room.member', user_id, '', membership FROM membership_changes
+		WHERE room_id = $1 AND user_id = $2 AND pos <= $3
 		UNION ALL
-		SELECT 0, event_id, type, state_key, skeleton_json FROM (SELECT event_id, type, state_key, skeleton_json FROM events
+		SELECT event_nid, event_id, type, state_key, skeleton_json, '' FROM events
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 AND event_nid < 0 AND event_nid <= $3 AND NOT outlier AND NOT rejected
+		UNION ALL
+		SELECT 0, event_id, type, state_key, skeleton_json, '' FROM (SELECT event_id, type, state_key, skeleton_json FROM events
 			WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND outlier AND event_nid > 0
 				AND event_nid < (SELECT MIN(event_nid) FROM events WHERE room_id = $1 AND event_nid > 0 AND NOT outlier)
 			ORDER BY event_nid DESC LIMIT 1) joined_with
@@ -278,13 +296,16 @@ func (s *syncStore) VisibilityChanges(ctx context.Context, roomID, userID string
 	var out []storage.StateChange
 	for rows.Next() {
 		var c storage.StateChange
-		var skel string
-		if err := rows.Scan(&c.NID, &c.EventID, &c.Type, &c.StateKey, &skel); err != nil {
+		var skel, membership string
+		if err := rows.Scan(&c.NID, &c.EventID, &c.Type, &c.StateKey, &skel, &membership); err != nil {
 			return nil, err
 		}
-		if c.Type == "m.room.member" {
+		switch {
+		case skel == "":
+			c.Value = membership
+		case c.Type == "m.room.member":
 			c.Value = gjson.Get(skel, "content.membership").String()
-		} else {
+		default:
 			c.Value = gjson.Get(skel, "content.history_visibility").String()
 		}
 		out = append(out, c)

@@ -139,6 +139,12 @@ func (r *seedRoom) add(typ, sender, content string, o seedOpt) (int64, string) {
 				VALUES ($1, $2, $3, $4, $5)`, r.id, typ, *o.stateKey, nid, membership); err != nil {
 				return err
 			}
+			if membership != nil {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO membership_changes (room_id, user_id, pos, membership, event_id)
+					VALUES ($1, $2, $3, $4, $5)`, r.id, *o.stateKey, nid, membership, eventID); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})

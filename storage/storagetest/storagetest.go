@@ -29,6 +29,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Federation", func(t *testing.T) { testFederationStore(t, open) })
 	t.Run("RoomFederation", func(t *testing.T) { testRoomFederation(t, open) })
 	t.Run("OutlierMembership", func(t *testing.T) { testOutlierMembership(t, open) })
+	t.Run("SyncMembers", func(t *testing.T) { testSyncMembers(t, open) })
 }
 
 // testMigrate checks a fresh store answers.
