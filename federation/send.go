@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -218,26 +220,25 @@ func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []js
 		parsed  []gomatrixserverlib.PDU
 	}
 	groups := map[string]*group{}
-	rooms := map[string]*roomCheck{}
 	var order []string
-	for i, pdu := range pdus {
-		roomID, version, ev, eventID, err := a.checkPDU(ctx, origin, pdu, rooms)
+	for i, c := range a.checkPDUs(ctx, origin, pdus) {
+		err := c.err
 		if err != nil || batcher == nil {
 			if err == nil {
-				err = a.Rooms.ReceivePDU(ctx, origin, version, pdu)
+				err = a.Rooms.ReceivePDU(ctx, origin, c.version, pdus[i])
 			}
-			out[i] = pduOutcome{eventID, err}
+			out[i] = pduOutcome{c.eventID, err}
 			continue
 		}
-		out[i].eventID = eventID
-		g := groups[roomID]
+		out[i].eventID = c.eventID
+		g := groups[c.roomID]
 		if g == nil {
-			g = &group{version: version}
-			groups[roomID] = g
-			order = append(order, roomID)
+			g = &group{version: c.version}
+			groups[c.roomID] = g
+			order = append(order, c.roomID)
 		}
 		g.idx = append(g.idx, i)
-		g.parsed = append(g.parsed, ev)
+		g.parsed = append(g.parsed, c.ev)
 	}
 	for _, roomID := range order {
 		g := groups[roomID]
@@ -261,26 +262,71 @@ func (a *API) receivePDUs(ctx context.Context, origin spec.ServerName, pdus []js
 // the rest of a transaction.
 type roomCheck struct {
 	version gomatrixserverlib.RoomVersion
+	verImpl gomatrixserverlib.IRoomVersion
 	err     error // the room's version lookup
 	aclErr  error // the room's ACL for the origin
 	aclDone bool
 }
 
-// checkPDU makes the transport's checks of one PDU (a room this server
-// knows, parsing in its version, the room's ACL) and returns its room, the
+// pduCheck is one PDU through the transport's checks: its room, the
 // room's version, the parsed event and its event ID ("" when it is not an
-// event at all). rooms keeps each room's lookups for the transaction.
-func (a *API) checkPDU(ctx context.Context, origin spec.ServerName, pdu json.RawMessage, rooms map[string]*roomCheck) (string, gomatrixserverlib.RoomVersion, gomatrixserverlib.PDU, string, error) {
+// event at all), or why it failed them.
+type pduCheck struct {
+	roomID  string
+	version gomatrixserverlib.RoomVersion
+	ev      gomatrixserverlib.PDU
+	eventID string
+	err     error
+
+	verImpl gomatrixserverlib.IRoomVersion // to parse it in; nil: not parsed
+	carried string                         // the event_id the PDU carries
+	guess   bool                           // err set: its event ID is eventIDGuess's
+}
+
+// checkPDUs makes the transport's checks of a transaction's PDUs (a room
+// this server knows, parsing in its version, the room's ACL), each PDU's
+// result as if it were checked alone. The lookups run in order, once per
+// room; parsing (canonical JSON, content hash, event ID), the costly part
+// and independent per PDU, runs on up to GOMAXPROCS goroutines in between.
+func (a *API) checkPDUs(ctx context.Context, origin spec.ServerName, pdus []json.RawMessage) []pduCheck {
+	out := make([]pduCheck, len(pdus))
+	rooms := map[string]*roomCheck{}
+	for i, pdu := range pdus {
+		a.checkRoom(ctx, pdu, rooms, &out[i])
+	}
+	forEachPDU(len(pdus), func(i int) { out[i].parse(pdus[i]) })
+	for i := range out {
+		c := &out[i]
+		if c.err != nil {
+			continue
+		}
+		rc := rooms[c.roomID]
+		if !rc.aclDone {
+			rc.aclErr, rc.aclDone = a.checkACL(ctx, origin, c.roomID), true // acl.go
+		}
+		if rc.aclErr != nil {
+			c.ev, c.err = nil, aclPDUError(rc.aclErr, origin)
+		}
+	}
+	return out
+}
+
+// checkRoom reads a PDU's room_id and event_id and looks up its room's
+// version (rooms keeps each room's lookup for the transaction).
+func (a *API) checkRoom(ctx context.Context, pdu json.RawMessage, rooms map[string]*roomCheck, c *pduCheck) {
 	var head struct {
 		RoomID  string `json:"room_id"`
 		EventID string `json:"event_id"`
 	}
 	if err := json.Unmarshal(pdu, &head); err != nil {
-		return "", "", nil, "", err
+		c.err = err
+		return
 	}
 	if head.RoomID == "" {
-		return "", "", nil, "", errors.New("PDU without room_id")
+		c.err = errors.New("PDU without room_id")
+		return
 	}
+	c.roomID, c.carried = head.RoomID, head.EventID
 	rc := rooms[head.RoomID]
 	if rc == nil {
 		rc = &roomCheck{}
@@ -289,35 +335,73 @@ func (a *API) checkPDU(ctx context.Context, origin spec.ServerName, pdu json.Raw
 		} else {
 			rc.version, rc.err = a.Rooms.RoomVersion(ctx, head.RoomID)
 		}
+		if rc.err == nil {
+			rc.verImpl, rc.err = gomatrixserverlib.GetRoomVersion(rc.version)
+		} else if !errors.Is(rc.err, storage.ErrNotFound) {
+			a.Log.WithError(rc.err).Error("looking up a room version")
+			rc.err = errors.New("internal error")
+		}
 		rooms[head.RoomID] = rc
 	}
-	version, err := rc.version, rc.err
-	if errors.Is(err, storage.ErrNotFound) {
+	c.version = rc.version
+	switch {
+	case errors.Is(rc.err, storage.ErrNotFound):
 		// The room's version fixes how its event IDs are computed; for a
 		// room we do not know we use the event_id the PDU carries (room
 		// versions 1-2) or the reference hash of the spec's default room
 		// version (12; versions 11 and 12 compute IDs alike).
-		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), errors.New("unknown room " + head.RoomID)
+		c.err, c.guess = errors.New("unknown room "+head.RoomID), true
+	case rc.err != nil:
+		c.err, c.guess = rc.err, true
+	default:
+		c.verImpl = rc.verImpl
 	}
-	if err != nil {
-		a.Log.WithError(err).Error("looking up a room version")
-		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), errors.New("internal error")
+}
+
+// parse parses the PDU in its room's version, or finds the event ID of
+// one that failed the room lookup. It runs on a worker goroutine: it
+// touches only c.
+func (c *pduCheck) parse(pdu json.RawMessage) {
+	defer func() {
+		if r := recover(); r != nil { // a malformed PDU GMSL did not expect
+			c.ev, c.err, c.eventID = nil, errors.New("malformed event"), c.carried
+		}
+	}()
+	if c.verImpl != nil {
+		ev, err := c.verImpl.NewEventFromUntrustedJSON(pdu)
+		if err == nil {
+			c.ev, c.eventID = ev, ev.EventID()
+			return
+		}
+		c.err, c.guess = err, true
 	}
-	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
-	if err != nil {
-		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), err
+	if c.guess {
+		c.eventID = eventIDGuess(pdu, c.carried)
 	}
-	ev, err := verImpl.NewEventFromUntrustedJSON(pdu)
-	if err != nil {
-		return head.RoomID, version, nil, eventIDGuess(pdu, head.EventID), err
+}
+
+// forEachPDU calls f(0) ... f(n-1) on up to GOMAXPROCS goroutines and
+// returns when all have returned.
+func forEachPDU(n int, f func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
 	}
-	if !rc.aclDone {
-		rc.aclErr, rc.aclDone = a.checkACL(ctx, origin, head.RoomID), true // acl.go
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				f(i)
+			}
+		}()
 	}
-	if rc.aclErr != nil {
-		return head.RoomID, version, nil, ev.EventID(), aclPDUError(rc.aclErr, origin)
-	}
-	return head.RoomID, version, ev, ev.EventID(), nil
+	wg.Wait()
 }
 
 func eventIDGuess(pdu json.RawMessage, carried string) string {

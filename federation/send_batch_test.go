@@ -3,6 +3,7 @@ package federation
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -88,4 +89,72 @@ func TestSendHandsEachRoomsPDUsToTheBatchInboxInOrder(t *testing.T) {
 			}
 		}
 	})
+}
+
+// roomACL denies every server in one room.
+type roomACL string
+
+func (d roomACL) ServerAllowed(_ context.Context, roomID, _ string) (bool, error) {
+	return roomID != string(d), nil
+}
+
+func TestCheckPDUsGivesEachPDUTheResultItHasAlone(t *testing.T) {
+	ca := fedtest.NewCA(t)
+	b := newNodes(t, ca, openSQLite, "b.test")[0]
+	a := &API{Rooms: newInbox("!one:b.test", "!two:b.test", "!denied:b.test"), ACL: roomACL("!denied:b.test"), Log: testLogger(t)}
+	v := gomatrixserverlib.RoomVersionV10
+	ev := func(roomID string, n int) json.RawMessage {
+		return fedtest.Event(t, b.key, v, roomID, "m.test", map[string]int{"n": n}, int64(n))
+	}
+	kinds := []struct {
+		pdu  func(n int) json.RawMessage
+		want string // "" accepted, "-" dropped (no event ID), else the error
+	}{
+		{func(n int) json.RawMessage { return ev("!one:b.test", n) }, ""},
+		{func(n int) json.RawMessage { return ev("!two:b.test", n) }, ""},
+		{func(n int) json.RawMessage { return ev("!denied:b.test", n) }, "server ACL"},
+		{func(n int) json.RawMessage { return ev("!unknown:b.test", n) }, "unknown room"},
+		// malformed: reported against the event_id it carries, if any
+		{func(n int) json.RawMessage {
+			p := ev("!one:b.test", n)
+			return json.RawMessage(strings.Replace(string(p), `"depth":`, `"event_id":"$carried","depth":"x","old_depth":`, 1))
+		}, "depth"},
+		{func(n int) json.RawMessage {
+			p := ev("!one:b.test", n)
+			return json.RawMessage(strings.Replace(string(p), `"depth":`, `"depth":"x","old_depth":`, 1))
+		}, "-"},
+		{func(int) json.RawMessage { return json.RawMessage(`{"type":"m.test"}`) }, "-"},
+		{func(int) json.RawMessage { return json.RawMessage(`[1,2]`) }, "-"},
+	}
+	var pdus []json.RawMessage
+	var want []string
+	for n := 0; n < 49; n++ {
+		k := kinds[n%len(kinds)]
+		pdus, want = append(pdus, k.pdu(n)), append(want, k.want)
+	}
+	all := a.checkPDUs(t.Context(), "b.test", pdus)
+	if len(all) != len(pdus) {
+		t.Fatalf("%d results for %d PDUs", len(all), len(pdus))
+	}
+	describe := func(c pduCheck) string {
+		id := ""
+		if c.ev != nil {
+			id = c.ev.EventID()
+		}
+		return fmt.Sprintf("room %q version %q event %q parsed %q err %v", c.roomID, c.version, c.eventID, id, c.err)
+	}
+	for i, c := range all {
+		switch w := want[i]; {
+		case w == "" && (c.err != nil || c.ev == nil || c.eventID != c.ev.EventID()):
+			t.Errorf("PDU %d: %s, want it accepted", i, describe(c))
+		case w == "-" && (c.err == nil || c.eventID != ""):
+			t.Errorf("PDU %d: %s, want it dropped", i, describe(c))
+		case w != "" && w != "-" && (c.err == nil || !strings.Contains(c.err.Error(), w) || c.eventID == "" || c.ev != nil):
+			t.Errorf("PDU %d: %s, want %q against its event ID", i, describe(c), w)
+		}
+		alone := a.checkPDUs(t.Context(), "b.test", pdus[i:i+1])[0]
+		if describe(c) != describe(alone) {
+			t.Errorf("PDU %d in the transaction: %s; alone: %s", i, describe(c), describe(alone))
+		}
+	}
 }

@@ -3,6 +3,9 @@ package rooms
 import (
 	"context"
 	"encoding/json"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -48,6 +51,100 @@ func (in *Inbox) ReceivePDUs(ctx context.Context, origin spec.ServerName, versio
 	return results
 }
 
+// checkedPDU is a PDU of the batch whose signatures were checked, with its
+// record (newEventOf) made alongside, outside the room lock.
+type checkedPDU struct {
+	ev     gomatrixserverlib.PDU
+	rec    storage.NewEvent
+	recErr error
+}
+
+// checkBatch parses the batch's PDUs that are not parsed yet, checks their
+// signatures (checkParsed) and makes their records, and returns the
+// checked prefix: it ends before the first PDU that fails its check
+// (ReceivePDU then refuses it with its own reason) or that is of another
+// room. The checks of one PDU do not depend on another's, so they run on
+// up to GOMAXPROCS goroutines (the verifier, GMSL's KeyRing over
+// federation.KeyDatabase, is safe for concurrent use). The first PDU is
+// checked alone: when the origin's key is not cached yet, it is fetched
+// once rather than by every worker.
+func (s *Service) checkBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) []checkedPDU {
+	out := make([]checkedPDU, len(pdus))
+	check := func(i int) bool {
+		var ev gomatrixserverlib.PDU
+		var err error
+		if i < len(parsed) && parsed[i] != nil && parsed[i].Version() == verImpl.Version() {
+			ev, err = s.checkParsed(ctx, parsed[i], false)
+		} else {
+			ev, err = s.checkPDU(ctx, verImpl, pdus[i], false)
+		}
+		if err != nil {
+			return false
+		}
+		rec, recErr := newEventOf(verImpl, ev)
+		out[i] = checkedPDU{ev: ev, rec: rec, recErr: recErr}
+		return true
+	}
+	if !s.checkSafely(check, 0) {
+		return nil
+	}
+	forEachUntilFails(len(pdus)-1, func(i int) bool { return s.checkSafely(check, i+1) })
+	n := 0
+	for ; n < len(out); n++ {
+		if out[n].ev == nil || out[n].ev.RoomID().String() != out[0].ev.RoomID().String() {
+			break
+		}
+	}
+	return out[:n]
+}
+
+// checkSafely runs check(i), taking a panic (a malformed PDU GMSL did not
+// expect) for a failed check: on a worker goroutine it would end the
+// process. ReceivePDU then takes that PDU on the request's goroutine.
+func (s *Service) checkSafely(check func(int) bool, i int) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.WithField("panic", r).Error("checking an inbound PDU panicked")
+			ok = false
+		}
+	}()
+	return check(i)
+}
+
+// forEachUntilFails calls f(0) ... f(n-1) on up to GOMAXPROCS goroutines,
+// taking the indices in order, and returns when all calls it made have
+// returned. Once f(i) returns false, indices above i are no longer started
+// (some may have run already): what follows a failure is not needed.
+func forEachUntilFails(n int, f func(i int) bool) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var next atomic.Int64
+	var failed atomic.Int64 // the lowest failed index so far, or n
+	failed.Store(int64(n))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= failed.Load() {
+					return // indices only grow: the rest are past the failure too
+				}
+				if f(int(i)) {
+					continue
+				}
+				for {
+					cur := failed.Load()
+					if i >= cur || failed.CompareAndSwap(cur, i) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // batchView is the room as the fast path sees it while checking a batch:
 // the forward extremities, the current auth state and the auth events read
 // so far (parsed once), with the batch's accepted events applied.
@@ -70,29 +167,11 @@ type batchView struct {
 // are; the caller takes the rest one at a time. An error means nothing was
 // stored.
 func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, pdus []json.RawMessage, parsed []gomatrixserverlib.PDU) (int, error) {
-	// Parse and check signatures outside the room lock. The first PDU
-	// that fails ends the prefix: ReceivePDU refuses it with its reason.
-	evs := make([]gomatrixserverlib.PDU, 0, len(pdus))
-	for i, raw := range pdus {
-		var ev gomatrixserverlib.PDU
-		var err error
-		if i < len(parsed) && parsed[i] != nil && parsed[i].Version() == verImpl.Version() {
-			ev, err = s.checkParsed(ctx, parsed[i], false)
-		} else {
-			ev, err = s.checkPDU(ctx, verImpl, raw, false)
-		}
-		if err != nil {
-			break
-		}
-		if len(evs) > 0 && ev.RoomID().String() != evs[0].RoomID().String() {
-			break
-		}
-		evs = append(evs, ev)
-	}
+	evs := s.checkBatch(ctx, verImpl, pdus, parsed)
 	if len(evs) == 0 {
 		return 0, nil
 	}
-	roomID := evs[0].RoomID().String()
+	roomID := evs[0].ev.RoomID().String()
 	unlock := s.lock(roomID)
 	defer unlock()
 
@@ -103,11 +182,11 @@ func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IR
 	d := &draft{s: s, verImpl: verImpl, roomID: roomID}
 	n := 0
 	for ; n < len(evs); n++ {
-		ev := evs[n]
+		ev := evs[n].ev
 		if v.taken[ev.EventID()] {
 			continue // stored already, or twice in the batch: nil, as ReceivePDU answers
 		}
-		ne, ok := v.admitFast(s, verImpl, ev)
+		ne, ok := v.admitFast(s, evs[n])
 		if !ok {
 			break
 		}
@@ -123,7 +202,11 @@ func (s *Service) receiveBatch(ctx context.Context, verImpl gomatrixserverlib.IR
 // forward extremities, which of the batch's events are stored, the auth
 // events the batch names, and the current state the auth rules read for
 // any of them. The caller holds the room lock.
-func (s *Service) loadBatchView(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, roomID string, evs []gomatrixserverlib.PDU) (*batchView, error) {
+func (s *Service) loadBatchView(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, roomID string, batch []checkedPDU) (*batchView, error) {
+	evs := make([]gomatrixserverlib.PDU, len(batch))
+	for i, c := range batch {
+		evs[i] = c.ev
+	}
 	v := &batchView{roomID: roomID, events: map[string]gomatrixserverlib.PDU{}, taken: map[string]bool{}, outliers: map[string]bool{}}
 	var err error
 	if v.prev, _, err = s.store.ForwardExtremities(ctx, roomID); err != nil {
@@ -207,7 +290,8 @@ func (s *Service) loadBatchView(ctx context.Context, verImpl gomatrixserverlib.I
 // it to the view and returns its record. It returns false for an event the
 // fast path does not decide: admit then checks it (and stores a rejection,
 // fetches what is missing, resolves a fork...).
-func (v *batchView) admitFast(s *Service, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) (storage.NewEvent, bool) {
+func (v *batchView) admitFast(s *Service, c checkedPDU) (storage.NewEvent, bool) {
+	ev := c.ev
 	if ev.RoomID().String() != v.roomID || !sameSet(ev.PrevEventIDs(), v.prev) {
 		return storage.NewEvent{}, false // a gap or a fork
 	}
@@ -239,10 +323,10 @@ func (v *batchView) admitFast(s *Service, verImpl gomatrixserverlib.IRoomVersion
 	if gomatrixserverlib.Allowed(ev, v.cur, userIDForSender) != nil {
 		return storage.NewEvent{}, false
 	}
-	ne, err := newEventOf(verImpl, ev)
-	if err != nil {
+	if c.recErr != nil {
 		return storage.NewEvent{}, false
 	}
+	ne := c.rec
 	if serverOf(ne.Sender) == string(s.key.ServerName) {
 		ne.PDU = ev.JSON() // as admit: commit sends local users' events on
 	}

@@ -211,4 +211,71 @@ func testFederationBatchReceive(t *testing.T, version string) {
 			t.Fatalf("extremities %v, want %s", ext, id3)
 		}
 	})
+
+	t.Run("a PDU with a bad signature in a batch is refused for it; the PDUs before are stored together and those after one at a time, in order", func(t *testing.T) {
+		_, otherKey, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mode := range []string{"parsed by the transport", "parsed here"} {
+			t.Run(mode, func(t *testing.T) {
+				c := e.chain(t, r, roomID)
+				var batch []json.RawMessage
+				var ids []string
+				add := func(raw json.RawMessage, id string) {
+					batch, ids = append(batch, raw), append(ids, id)
+				}
+				add(c.next(bob, "m.room.message", nil, `{"body":"one"}`))
+				add(c.next(bob, "m.room.message", nil, `{"body":"two"}`))
+				// the third is signed with a key that is not remoteServer's
+				c.r.priv = otherKey
+				add(c.next(bob, "m.room.message", nil, `{"body":"forged"}`))
+				c.r.priv = r.priv
+				c.prev = []string{ids[1]}
+				// more than the workers take at once, so some are checked
+				// before the third's failure is known
+				for i := 0; i < 20; i++ {
+					add(c.next(bob, "m.room.message", nil, fmt.Sprintf(`{"body":"after %d"}`, i)))
+				}
+				var parsed []gomatrixserverlib.PDU
+				if mode == "parsed by the transport" {
+					verImpl := must[gomatrixserverlib.IRoomVersion](t)(gomatrixserverlib.GetRoomVersion(rv))
+					for _, raw := range batch {
+						parsed = append(parsed, must[gomatrixserverlib.PDU](t)(verImpl.NewEventFromUntrustedJSON(raw)))
+					}
+				}
+				persists := store.count()
+				errs := inbox.ReceivePDUs(ctx, remoteServer, rv, batch, parsed)
+				if len(errs) != len(batch) {
+					t.Fatalf("%d results for %d PDUs", len(errs), len(batch))
+				}
+				for i, err := range errs {
+					if i == 2 {
+						if err == nil || !strings.Contains(err.Error(), "bad signature on "+ids[2]) {
+							t.Fatalf("the forged PDU: %v, want its bad signature", err)
+						}
+						continue
+					}
+					if err != nil {
+						t.Fatalf("PDU %d: %v", i, err)
+					}
+				}
+				// the first two in one transaction, then one per PDU after the third
+				if n, want := store.count()-persists, 1+len(batch)-3; n != want {
+					t.Fatalf("%d PersistEvents calls, want %d", n, want)
+				}
+				if _, err := e.store.Rooms().Event(ctx, ids[2]); !errors.Is(err, storage.ErrNotFound) {
+					t.Fatalf("the forged event was stored (%v)", err)
+				}
+				want := append(append([]string(nil), ids[:2]...), ids[3:]...)
+				tl := e.timeline(t, roomID)
+				if got := tl[len(tl)-len(want):]; fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("timeline ends %v, want %v", got, want)
+				}
+				if ext := e.extremities(t, roomID); len(ext) != 1 || ext[0] != ids[len(ids)-1] {
+					t.Fatalf("extremities %v, want the last event", ext)
+				}
+			})
+		}
+	})
 }
