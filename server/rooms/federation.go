@@ -48,8 +48,9 @@ func serverOf(userID string) string {
 
 // federate marks the draft's events sent by local users to be queued for
 // the other servers of the room: those with joined members before the
-// events, and those of users whose membership the events change (an
-// invited or kicked remote user hears of it). It returns the destinations.
+// events, and those of users whose membership the events change (a kicked
+// remote user, or one whose invite is withdrawn, hears of it; an invited
+// one heard through /invite). It returns the destinations.
 func (d *draft) federate(ctx context.Context) ([]string, error) {
 	f := d.s.fed
 	if f == nil || d.roomID == "" {
@@ -76,7 +77,12 @@ func (d *draft) federate(ctx context.Context) ([]string, error) {
 		}
 	}
 	for _, ev := range d.out {
-		if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+		// An invited user's server is not in the room: it got the invite
+		// through /invite (federation_invite.go). A second copy in /send
+		// can reach it while it joins, before its join counts here, and
+		// its /get_missing_events for that copy is refused (a Dendrite
+		// peer then dropped its own join).
+		if ev.Type == spec.MRoomMember && ev.StateKey != nil && ev.Membership != spec.Invite {
 			servers[serverOf(*ev.StateKey)] = true
 		}
 	}
