@@ -64,6 +64,8 @@ type nodeOptions struct {
 	rateLimit        string // YAML for rate_limit, "" = disabled
 	extraYAML        string
 	maxUploadBytes   int64
+	ipLiteralName    bool   // server_name is the federation listener's 127.0.0.1:port
+	caFile           string // federation.ca_file
 }
 
 // WithServerName sets server_name (default: a unique name per node).
@@ -87,6 +89,20 @@ func WithRateLimit(perSecond float64, burst int) NodeOption {
 // WithMaxUploadBytes sets media.max_upload_bytes.
 func WithMaxUploadBytes(n int64) NodeOption {
 	return func(o *nodeOptions) { o.maxUploadBytes = n }
+}
+
+// WithIPLiteralServerName makes the server name the federation listener's
+// own address (127.0.0.1:port), so a peer that has no federation.peers map
+// (another homeserver implementation) reaches the node without DNS: the
+// spec connects to an IP literal with a port directly.
+func WithIPLiteralServerName() NodeOption {
+	return func(o *nodeOptions) { o.ipLiteralName = true }
+}
+
+// WithFederationCA sets federation.ca_file: peers' certificates are checked
+// against this extra CA.
+func WithFederationCA(certFile string) NodeOption {
+	return func(o *nodeOptions) { o.caFile = certFile }
 }
 
 // WithYAML appends raw top-level YAML to the node's config.
@@ -143,11 +159,17 @@ func StartNode(t testing.TB, b Backend, opts ...NodeOption) *Node {
 	}
 	clientAddr := freeAddr(t)
 	fedAddr := freeAddr(t)
+	if o.ipLiteralName {
+		o.serverName = fedAddr
+	}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "server_name: %s\n", o.serverName)
 	fmt.Fprintf(&cfg, "client:\n  listen: %s\n", clientAddr)
 	fmt.Fprintf(&cfg, "federation:\n  listen: %s\n  tls_cert: %s\n  tls_key: %s\n",
 		fedAddr, filepath.Join(dir, "data", "tls.crt"), filepath.Join(dir, "data", "tls.key"))
+	if o.caFile != "" {
+		fmt.Fprintf(&cfg, "  ca_file: %s\n", o.caFile)
+	}
 	fmt.Fprintf(&cfg, "database:\n  url: %q\n", dbURL)
 	fmt.Fprintf(&cfg, "data_dir: %s\n", filepath.Join(dir, "data"))
 	fmt.Fprintf(&cfg, "registration:\n  mode: %s\n", o.registrationMode)
