@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	stdsync "sync"
 
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
@@ -118,22 +119,71 @@ func (s *Service) GetFilter(ctx context.Context, userID, filterID string) (json.
 
 // resolveFilter reads the filter query parameter: inline JSON when it starts
 // with '{', else a stored filter id. No filter is the empty filter.
+// The *Filter it returns may be shared with other requests (filterCache):
+// callers must not modify it.
 func (s *Service) resolveFilter(ctx context.Context, userID, param string) (*Filter, error) {
 	param = strings.TrimSpace(param)
 	if param == "" {
 		return &Filter{}, nil
 	}
-	if strings.HasPrefix(param, "{") {
-		return ParseFilter([]byte(param))
+	inline := strings.HasPrefix(param, "{")
+	// A stored filter never changes, and an inline one is its own key.
+	key := param
+	if !inline {
+		key = userID + "\x00" + param
 	}
-	raw, err := s.store.Filter(ctx, userID, param)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, mxerr.InvalidParam("filter: no filter %q for this user", param)
+	if f := s.filters.get(key); f != nil {
+		return f, nil
 	}
+	raw := []byte(param)
+	if !inline {
+		var err error
+		raw, err = s.store.Filter(ctx, userID, param)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, mxerr.InvalidParam("filter: no filter %q for this user", param)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	f, err := ParseFilter(raw)
 	if err != nil {
 		return nil, err
 	}
-	return ParseFilter(raw)
+	s.filters.put(key, len(raw), f)
+	return f, nil
+}
+
+const (
+	// maxCachedFilters and maxCachedFilterBytes bound the parsed filters
+	// kept: long-polling clients send the same filter every time.
+	maxCachedFilters     = 512
+	maxCachedFilterBytes = 4 << 10
+)
+
+// filterCache keeps parsed filters by their parameter; when full it starts
+// over. The zero value is ready to use.
+type filterCache struct {
+	mu stdsync.Mutex
+	m  map[string]*Filter
+}
+
+func (c *filterCache) get(key string) *Filter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[key]
+}
+
+func (c *filterCache) put(key string, size int, f *Filter) {
+	if size > maxCachedFilterBytes || len(key) > 2*maxCachedFilterBytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedFilters {
+		c.m = make(map[string]*Filter)
+	}
+	c.m[key] = f
 }
 
 // roomAllowed applies rooms/not_rooms.

@@ -37,6 +37,8 @@ type Service struct {
 	answered map[[2]string]answer
 	posReads posReads
 	unread   unreadCache // unread.go
+	windows  windows     // window.go
+	filters  filterCache // filter.go
 }
 
 type answer struct {
@@ -394,10 +396,6 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	if err != nil {
 		return nil, false, err
 	}
-	forgotten, err := s.store.ForgottenRooms(ctx, req.UserID)
-	if err != nil {
-		return nil, false, err
-	}
 	rooms := map[string]*roomState{}
 	var order []string
 	for _, m := range mems {
@@ -413,6 +411,17 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			rs.changedInWindow = true
 		}
 		rs.atTo, rs.lastNID, rs.lastEventID = m.Membership, m.NID, m.EventID
+	}
+	// Forgetting applies only to rooms the user is out of: a user in none
+	// needs no read of them.
+	var forgotten map[string]bool
+	for _, rs := range rooms {
+		if rs.atTo == "leave" || rs.atTo == "ban" {
+			if forgotten, err = s.store.ForgottenRooms(ctx, req.UserID); err != nil {
+				return nil, false, err
+			}
+			break
+		}
 	}
 
 	// Account data and ephemeral events per room come first, so rooms with
@@ -474,10 +483,14 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	}
 
 	// Rooms without new events need no timeline query in an incremental
-	// sync.
+	// sync. The builds a wake starts share one read of the new events
+	// (window.go) when there are not too many.
 	var active map[string]bool
+	var win *window
 	if !initial && !req.FullState {
-		if active, err = s.store.RoomsWithEvents(ctx, since.Timeline, to.Timeline); err != nil {
+		if win = s.window(ctx, since.Timeline, to.Timeline); win != nil {
+			active = win.activeRooms(since.Timeline)
+		} else if active, err = s.store.RoomsWithEvents(ctx, since.Timeline, to.Timeline); err != nil {
 			return nil, false, err
 		}
 	}
@@ -496,7 +509,9 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			if active != nil && !fresh && !active[id] && len(roomAD[id]) == 0 && len(roomEph[id]) == 0 {
 				continue
 			}
-			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, req.FullState, req.UseStateAfter, rf)
+			// Joined all along: every event since the token is visible.
+			stayed := rs.atFrom == "join" && !rs.changedInWindow
+			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, stayed, req.FullState, req.UseStateAfter, rf, win)
 			if err != nil {
 				return nil, false, err
 			}
@@ -603,11 +618,16 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 }
 
 // timeline loads the visible events of a room in (from, upTo], the last
-// limit of them, and tells whether older ones were left out.
-func (s *Service) timeline(ctx context.Context, h *history, roomID string, from, upTo int64, tf *RoomEventFilter) ([]storage.Event, bool, error) {
+// limit of them, and tells whether older ones were left out. win, if not
+// nil, is a shared read of the stream that may cover the range.
+func (s *Service) timeline(ctx context.Context, h *history, roomID string, from, upTo int64, tf *RoomEventFilter, win *window) ([]storage.Event, bool, error) {
 	limit := tf.limit(defaultTimelineLimit, maxTimelineLimit)
 	if limit == 0 {
 		return nil, true, nil
+	}
+	if win != nil && win.upTo == upTo && win.after <= from {
+		evs, limited := win.roomEvents(roomID, from, tf, limit)
+		return h.filter(evs), limited, nil
 	}
 	evs, err := s.store.RoomEvents(ctx, roomID, storage.EventQuery{
 		After: from, UpTo: upTo, Limit: limit + 1, Backward: true, Filter: tf.storeFilter(),
@@ -628,22 +648,28 @@ func (s *Service) timeline(ctx context.Context, h *history, roomID string, from,
 
 // joinedRoom builds a joined room's section. fresh: the room is new to the
 // client (initial sync, newly joined), so its timeline is the latest events
-// rather than those since from. The state is the whole state (when fresh or
-// fullState) or the changes since from, up to the start of the timeline, or
-// to its end with stateAfter.
-func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, fullState, stateAfter bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
+// rather than those since from. stayed: the user's membership was join at
+// from and did not change up to to, so each event in (from, to] came while
+// the user was joined and is visible whatever the history visibility: the
+// visibility history is not read. The state is the whole state (when fresh
+// or fullState) or the changes since from, up to the start of the
+// timeline, or to its end with stateAfter.
+func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, stayed, fullState, stateAfter bool, rf *RoomFilter, win *window) (*JoinedRoom, bool, error) {
 	full := fresh || fullState
 	jr := &JoinedRoom{Timeline: Timeline{Events: []json.RawMessage{}}}
-	h, err := s.history(ctx, roomID, v.UserID, to)
-	if err != nil {
-		return nil, false, err
+	var h *history // nil: every timeline event is visible
+	if fresh || !stayed {
+		var err error
+		if h, err = s.history(ctx, roomID, v.UserID, to); err != nil {
+			return nil, false, err
+		}
 	}
 	tf, sf := ref(rf.Timeline), ref(rf.State)
 	tlFrom := from
 	if fresh {
-		tlFrom = 0
+		tlFrom, win = 0, nil
 	}
-	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf)
+	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf, win)
 	if err != nil {
 		return nil, false, err
 	}
@@ -859,7 +885,7 @@ func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, l
 	if err != nil {
 		return nil, err
 	}
-	evs, limited, err := s.timeline(ctx, h, roomID, from, leaveNID, ref(rf.Timeline))
+	evs, limited, err := s.timeline(ctx, h, roomID, from, leaveNID, ref(rf.Timeline), nil)
 	if err != nil {
 		return nil, err
 	}
