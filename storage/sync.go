@@ -9,10 +9,13 @@ type SyncStore interface {
 	// TimelinePosition is the highest event_nid written: the current end of
 	// the timeline stream.
 	TimelinePosition(ctx context.Context) (int64, error)
-	// UserMemberships returns every accepted m.room.member event whose
-	// state_key is userID with nid <= upTo, in nid order. Rejected events
-	// and outliers are left out, except outlier invites (an invite received
-	// over federation to a room the node is not in).
+	// UserMemberships returns userID's memberships with NID <= upTo, in NID
+	// order: each change of the user's member entry in a room's current
+	// (resolved) state, at the position from which it holds (NID; EventID
+	// is the member event the state keeps, which a resolution may have
+	// kept over a newer one), plus what the current state does not record:
+	// outlier invites (an invite received over federation to a room the
+	// node is not in) and their rejection, and backfilled member events.
 	UserMemberships(ctx context.Context, userID string, upTo int64) ([]Membership, error)
 	// ForgottenRooms returns the rooms userID has forgotten.
 	ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error)
@@ -41,11 +44,12 @@ type SyncStore interface {
 	// EventByID returns one event (ErrNotFound if unknown).
 	EventByID(ctx context.Context, eventID string) (Event, error)
 	// VisibilityChanges returns, in nid order, the room's accepted
-	// m.room.history_visibility events and the m.room.member events about
-	// userID with nid <= upTo: what history visibility depends on. For a
-	// room joined over federation, the history_visibility of the state the
-	// join brought comes at NID 0 (after backfilled history, before the
-	// join).
+	// m.room.history_visibility events and userID's membership changes in
+	// the room (as UserMemberships: the resolved state's, backfilled ones
+	// from their events) with nid <= upTo: what history visibility depends
+	// on. For a room joined over federation, the history_visibility of the
+	// state the join brought comes at NID 0 (after backfilled history,
+	// before the join).
 	VisibilityChanges(ctx context.Context, roomID, userID string, upTo int64) ([]StateChange, error)
 	// UnreadCount counts the room's timeline events with nid <= upTo that
 	// notify userID under the default push rules' underrides (m.room.message
