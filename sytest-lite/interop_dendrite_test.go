@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -334,5 +335,136 @@ func TestInteropDendrite(t *testing.T) {
 			stateIs(t, alice, tcRoom, "m.room.topic", "topic", "set on Dendrite")
 			stateIs(t, bob, tcRoom, "m.room.name", "name", "renamed on Dendrite")
 		})
+
+		t.Run("display names are fetched over federation both ways", func(t *testing.T) {
+			alice.c.MustDo(t, "PUT", Path("profile", alice.c.UserID, "displayname"), map[string]any{"displayname": "Alice T"}, http.StatusOK)
+			bob.c.MustDo(t, "PUT", Path("profile", bob.c.UserID, "displayname"), map[string]any{"displayname": "Bob D"}, http.StatusOK)
+			for _, q := range []struct {
+				asker *member
+				of    *Client
+				want  string
+			}{{alice, bob.c, "Bob D"}, {bob, alice.c, "Alice T"}} {
+				got := q.asker.c.MustDo(t, "GET", Path("profile", q.of.UserID), nil, http.StatusOK)
+				if got.Get("displayname").String() != q.want {
+					t.Fatalf("%s sees the profile of %s as %s, want %q", q.asker.name, q.of.UserID, got.Raw, q.want)
+				}
+			}
+		})
+
+		t.Run("device keys are queried over federation both ways", func(t *testing.T) {
+			uploadDeviceKeys(t, alice.c)
+			uploadDeviceKeys(t, bob.c)
+			for _, q := range []struct {
+				asker *member
+				of    *Client
+			}{{alice, bob.c}, {bob, alice.c}} {
+				path := "device_keys." + gjson.Escape(q.of.UserID) + "." + gjson.Escape(q.of.DeviceID) + ".keys"
+				waitFor(t, q.asker.name+" gets the device keys of "+q.of.UserID, func() (bool, string) {
+					r := q.asker.c.MustDo(t, "POST", "/_matrix/client/v3/keys/query",
+						map[string]any{"device_keys": map[string]any{q.of.UserID: []string{}}}, http.StatusOK)
+					return r.Get(path).Exists(), r.Raw
+				})
+			}
+		})
+
+		t.Run("typing notifications and read receipts cross both ways", func(t *testing.T) {
+			for _, p := range []struct{ from, to *member }{{alice, bob}, {bob, alice}} {
+				p.from.c.MustDo(t, "PUT", Path("rooms", tcRoom, "typing", p.from.c.UserID), map[string]any{"typing": true, "timeout": 30000}, http.StatusOK)
+				seesEphemeral(t, p.to, tcRoom, "m.typing", p.from.c.UserID)
+				text := "read me, " + p.to.name
+				id := p.from.c.SendText(t, tcRoom, text)
+				seesText(t, p.to, tcRoom, p.from.c.UserID, text)
+				p.to.c.MustDo(t, "POST", Path("rooms", tcRoom, "receipt", "m.read", id), map[string]any{}, http.StatusOK)
+				seesEphemeral(t, p.from, tcRoom, "m.receipt", p.to.c.UserID)
+			}
+		})
+
+		t.Run("a redaction on either side is seen on the other", func(t *testing.T) {
+			for _, p := range []struct{ from, to *member }{{alice, bob}, {bob, alice}} {
+				text := "to be redacted by " + p.from.name
+				id := p.from.c.SendText(t, tcRoom, text)
+				seesText(t, p.to, tcRoom, p.from.c.UserID, text)
+				p.from.c.MustDo(t, "PUT", Path("rooms", tcRoom, "redact", id, NewTxnID()), map[string]any{}, http.StatusOK)
+				waitFor(t, p.to.name+" sees "+id+" redacted", func() (bool, string) {
+					r := p.to.c.Do(t, "GET", Path("rooms", tcRoom, "event", id), nil)
+					return r.Status == http.StatusOK && !r.JSON(t).Get("content.body").Exists(), fmt.Sprintf("HTTP %d %s", r.Status, r.Body)
+				})
+			}
+		})
+
+		t.Run("history from before a Dendrite user joined is backfilled from TrustCase", func(t *testing.T) {
+			room := alice.c.CreateRoom(t, map[string]any{"room_version": "10", "preset": "private_chat",
+				"initial_state": []any{map[string]any{"type": "m.room.history_visibility", "state_key": "",
+					"content": map[string]any{"history_visibility": "shared"}}}})
+			const n = 30
+			for i := range n {
+				alice.c.SendText(t, room, fmt.Sprintf("history %d", i))
+			}
+			alice.c.Invite(t, room, bob.c.UserID)
+			syncUntilFor(t, bob.c, "", 90*time.Second, func(s gjson.Result) bool {
+				return s.Get("rooms.invite." + gjson.Escape(room)).Exists()
+			}, func() string { return "bob has no invite to " + room })
+			bob.c.Join(t, room)
+			seen := map[string]bool{}
+			waitFor(t, "bob's /messages shows the history", func() (bool, string) {
+				r := bob.c.MustDo(t, "GET", Path("rooms", room, "messages")+"?dir=b&limit=100", nil, http.StatusOK)
+				for _, ev := range r.Get("chunk").Array() {
+					if body := ev.Get("content.body").String(); strings.HasPrefix(body, "history ") && ev.Get("sender").String() == alice.c.UserID {
+						seen[body] = true
+					}
+				}
+				return len(seen) == n, fmt.Sprintf("%d of %d messages", len(seen), n)
+			})
+		})
+
+		t.Run("invites are rejected over federation both ways", func(t *testing.T) {
+			carol := den.Register(t)
+			for _, p := range []struct {
+				inviter, invitee *Client
+				version          string
+			}{{alice.c, bob.c, "10"}, {carol, alice.c, "11"}} {
+				room := p.inviter.CreateRoom(t, map[string]any{"room_version": p.version, "preset": "private_chat"})
+				p.inviter.Invite(t, room, p.invitee.UserID)
+				syncUntilFor(t, p.invitee, "", 90*time.Second, func(s gjson.Result) bool {
+					return s.Get("rooms.invite." + gjson.Escape(room)).Exists()
+				}, func() string { return p.invitee.UserID + " has no invite to " + room })
+				p.invitee.MustDo(t, "POST", Path("rooms", room, "leave"), map[string]any{}, http.StatusOK)
+				membershipIs(t, p.inviter, room, p.invitee.UserID, "leave")
+			}
+		})
+
+		t.Run("leaving over federation is seen by the other side, both ways", func(t *testing.T) {
+			room := bob.c.CreateRoom(t, map[string]any{"room_version": "11", "preset": "public_chat"})
+			alice.c.MustDo(t, "POST", Path("join", room)+"?server_name="+url.QueryEscape(den.ServerName), map[string]any{}, http.StatusOK)
+			membershipIs(t, bob.c, room, alice.c.UserID, "join")
+			alice.c.MustDo(t, "POST", Path("rooms", room, "leave"), map[string]any{}, http.StatusOK)
+			membershipIs(t, bob.c, room, alice.c.UserID, "leave")
+
+			bob.c.MustDo(t, "POST", Path("rooms", tcRoom, "leave"), map[string]any{}, http.StatusOK)
+			membershipIs(t, alice.c, tcRoom, bob.c.UserID, "leave")
+		})
+	})
+}
+
+// seesEphemeral syncs m on until roomID's ephemeral events hold one of
+// evType that names userID.
+func seesEphemeral(t *testing.T, m *member, roomID, evType, userID string) {
+	t.Helper()
+	m.since = syncUntilFor(t, m.c, m.since, 90*time.Second, func(s gjson.Result) bool {
+		for _, ev := range s.Get("rooms.join." + gjson.Escape(roomID) + ".ephemeral.events").Array() {
+			if ev.Get("type").String() == evType && strings.Contains(ev.Get("content").Raw, userID) {
+				return true
+			}
+		}
+		return false
+	}, func() string { return fmt.Sprintf("%s has no %s naming %s", m.name, evType, userID) })
+}
+
+// membershipIs polls c's server until userID's membership in roomID is want.
+func membershipIs(t *testing.T, c *Client, roomID, userID, want string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%s sees %s %s", c.UserID, userID, want), func() (bool, string) {
+		r := c.Do(t, "GET", Path("rooms", roomID, "state", "m.room.member", userID), nil)
+		return r.Status == http.StatusOK && r.JSON(t).Get("membership").String() == want, fmt.Sprintf("HTTP %d %s", r.Status, r.Body)
 	})
 }
