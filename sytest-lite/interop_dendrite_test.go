@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -414,6 +415,26 @@ func TestInteropDendrite(t *testing.T) {
 					}
 				}
 				return len(seen) == n, fmt.Sprintf("%d of %d messages", len(seen), n)
+			})
+		})
+
+		t.Run("history from before a TrustCase user joined is backfilled from Dendrite", func(t *testing.T) {
+			var before []string
+			for i := range 30 {
+				before = append(before, fmt.Sprintf("dendrite history %d %s", i, randomString(6)))
+			}
+			roomID, prevBatch := lateJoin(t, bob, alice, "shared", before)
+			waitFor(t, "TrustCase backfilling the room's history from Dendrite", func() (bool, string) {
+				got := backward(t, alice.c, roomID, prevBatch)
+				last := len(got)
+				for _, text := range before { // dir=b: newest first
+					i := slices.Index(got, text)
+					if i < 0 || i >= last {
+						return false, fmt.Sprintf("dir=b on TrustCase shows %q", got)
+					}
+					last = i
+				}
+				return true, ""
 			})
 		})
 
