@@ -368,6 +368,45 @@ func TestInteropDendrite(t *testing.T) {
 			}
 		})
 
+		t.Run("to-device messages and device list changes cross both ways", func(t *testing.T) {
+			for _, p := range []struct{ from, to *member }{{alice, bob}, {bob, alice}} {
+				secret := "ping " + randomString(8)
+				p.from.c.MustDo(t, "PUT", Path("sendToDevice", "m.interop.ping", NewTxnID()), map[string]any{"messages": map[string]any{
+					p.to.c.UserID: map[string]any{p.to.c.DeviceID: map[string]any{"ping": secret}},
+				}}, http.StatusOK)
+				p.to.since = syncUntilFor(t, p.to.c, p.to.since, 90*time.Second, func(s gjson.Result) bool {
+					for _, ev := range s.Get("to_device.events").Array() {
+						if ev.Get("type").String() == "m.interop.ping" && ev.Get("sender").String() == p.from.c.UserID && ev.Get("content.ping").String() == secret {
+							return true
+						}
+					}
+					return false
+				}, func() string { return p.to.name + " has not received the to-device ping" })
+			}
+
+			// A new device of a user in a shared room shows in the other
+			// side's device_lists.changed. On Dendrite a login adds a
+			// device; on TrustCase it replaces alice's one device, so
+			// alice goes on with the new one.
+			uploadDeviceKeys(t, bob.c.Login(t))
+			alice.since = syncUntilFor(t, alice.c, alice.since, 90*time.Second, func(s gjson.Result) bool {
+				return slices.Contains(stringsOf(s.Get("device_lists.changed")), bob.c.UserID)
+			}, func() string { return "alice has not seen bob's new device in device_lists.changed" })
+			alice.c = alice.c.Login(t)
+			alice.since = alice.c.SyncUntil(t, "", "", func(gjson.Result) bool { return true })
+			uploadDeviceKeys(t, alice.c)
+			bob.since = syncUntilFor(t, bob.c, bob.since, 90*time.Second, func(s gjson.Result) bool {
+				return slices.Contains(stringsOf(s.Get("device_lists.changed")), alice.c.UserID)
+			}, func() string { return "bob has not seen alice's new device in device_lists.changed" })
+			waitFor(t, "bob gets alice's new device keys", func() (bool, string) {
+				r := bob.c.MustDo(t, "POST", "/_matrix/client/v3/keys/query",
+					map[string]any{"device_keys": map[string]any{alice.c.UserID: []string{}}}, http.StatusOK)
+				devices := r.Get("device_keys." + gjson.Escape(alice.c.UserID)).Map()
+				_, ok := devices[alice.c.DeviceID]
+				return ok && len(devices) == 1, r.Raw
+			})
+		})
+
 		t.Run("typing notifications and read receipts cross both ways", func(t *testing.T) {
 			for _, p := range []struct{ from, to *member }{{alice, bob}, {bob, alice}} {
 				p.from.c.MustDo(t, "PUT", Path("rooms", tcRoom, "typing", p.from.c.UserID), map[string]any{"typing": true, "timeout": 30000}, http.StatusOK)
@@ -488,4 +527,12 @@ func membershipIs(t *testing.T, c *Client, roomID, userID, want string) {
 		r := c.Do(t, "GET", Path("rooms", roomID, "state", "m.room.member", userID), nil)
 		return r.Status == http.StatusOK && r.JSON(t).Get("membership").String() == want, fmt.Sprintf("HTTP %d %s", r.Status, r.Body)
 	})
+}
+
+func stringsOf(r gjson.Result) []string {
+	var out []string
+	for _, v := range r.Array() {
+		out = append(out, v.String())
+	}
+	return out
 }
