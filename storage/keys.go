@@ -168,8 +168,9 @@ type KeyStore interface {
 	// changed in (fromPos, toPos] and who share a joined room with userID
 	// now (userID itself included), plus the users whose membership changed
 	// in a room userID is joined to, or who are joined to a room whose
-	// membership of userID changed, by m.room.member events in
-	// (fromNID, toNID]: those still sharing a room are changed, the others left.
+	// membership of userID changed in (fromNID, toNID] (changes of the
+	// resolved current state, a resolution's included): those still
+	// sharing a room are changed, the others left.
 	DeviceListChanges(ctx context.Context, userID string, fromPos, toPos, fromNID, toNID int64) (changed, left []string, err error)
 	// AddDeviceListChange adds a device-list change for userID: a remote
 	// user whose server told us that its devices or keys changed.
@@ -179,9 +180,10 @@ type KeyStore interface {
 	// m.device_list_update EDUs we send).
 	DeviceListStreamIDs(ctx context.Context, userID string, limit int) ([]int64, error)
 	// RemoteDeviceLists returns the cached device lists of the users that
-	// have one still current: a list fetched before an m.room.member event
-	// (not an outlier) in a room where the user has a membership is left
-	// out, as its server may have stopped sending us updates meanwhile.
+	// have one still current: a list fetched before a membership change
+	// (of the resolved current state) in a room where the user has a
+	// membership is left out, as its server may have stopped sending us
+	// updates meanwhile.
 	RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]RemoteDeviceList, error)
 	// CacheRemoteDeviceList stores (replaces) a user's cached device list,
 	// unless the user's latest device-list position is no longer

@@ -164,8 +164,11 @@ type RoomHistoryStore interface {
 	EventsByID(ctx context.Context, eventIDs []string) ([]Event, error)
 	// ServerVisibility returns, in nid order, what decides which of a
 	// room's events a server may see: the accepted timeline
-	// m.room.history_visibility events and m.room.member events of the
-	// server's users (Value is the visibility or membership). The state of
+	// m.room.history_visibility events and the membership changes of the
+	// server's users in the resolved current state, at the position from
+	// which each holds (Value is the visibility or membership; a
+	// resolution that keeps an older member event is a change too;
+	// backfilled ones are their member events). The state of
 	// those kinds before the room's first live timeline event (the state a
 	// join over federation brought) comes at NID 0: after backfilled
 	// history (negative nids), before every live event.

@@ -473,23 +473,26 @@ func (s *keyStore) DeviceListChanges(ctx context.Context, userID string, fromPos
 		}
 	}
 	if toNID > fromNID {
+		// Membership changes are read from membership_changes (the changes
+		// of the resolved current state, at the position from which each
+		// holds), so a resolution that keeps an older member event over a
+		// newer one is a change too.
+		//
 		// Members of rooms userID is in whose membership changed. Users only
 		// invited (or knocking) never shared the room: they are neither
 		// changed nor left.
-		if err := collect(`SELECT DISTINCT e.state_key FROM events e
-			JOIN current_state cs ON cs.room_id = e.room_id AND cs.type = 'm.room.member'
+		if err := collect(`SELECT DISTINCT mc.user_id FROM membership_changes mc
+			JOIN current_state cs ON cs.room_id = mc.room_id AND cs.type = 'm.room.member'
 				AND cs.state_key = $1 AND cs.membership = 'join'
-			JOIN current_state t ON t.room_id = e.room_id AND t.type = 'm.room.member' AND t.state_key = e.state_key
-			WHERE e.type = 'm.room.member' AND e.event_nid > $2 AND e.event_nid <= $3
-				AND NOT e.outlier AND NOT e.rejected
-				AND t.membership NOT IN ('invite', 'knock')`, userID, fromNID, toNID); err != nil {
+			LEFT JOIN current_state t ON t.room_id = mc.room_id AND t.type = 'm.room.member' AND t.state_key = mc.user_id
+			WHERE mc.pos > $2 AND mc.pos <= $3
+				AND COALESCE(t.membership, 'leave') NOT IN ('invite', 'knock')`, userID, fromNID, toNID); err != nil {
 			return nil, nil, err
 		}
 		// Everyone in the rooms whose membership of userID changed.
-		if err := collect(`SELECT DISTINCT cs.state_key FROM events e
-			JOIN current_state cs ON cs.room_id = e.room_id AND cs.type = 'm.room.member' AND cs.membership = 'join'
-			WHERE e.type = 'm.room.member' AND e.state_key = $1 AND e.event_nid > $2 AND e.event_nid <= $3
-				AND NOT e.outlier AND NOT e.rejected`, userID, fromNID, toNID); err != nil {
+		if err := collect(`SELECT DISTINCT cs.state_key FROM membership_changes mc
+			JOIN current_state cs ON cs.room_id = mc.room_id AND cs.type = 'm.room.member' AND cs.membership = 'join'
+			WHERE mc.user_id = $1 AND mc.pos > $2 AND mc.pos <= $3`, userID, fromNID, toNID); err != nil {
 			return nil, nil, err
 		}
 	}

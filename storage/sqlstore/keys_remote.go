@@ -74,11 +74,15 @@ func (s *keyStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map
 		return nil, err
 	}
 	// A membership change, since the list was fetched, in a room the user
-	// is (or was) in may have cut us off its updates for a while.
+	// is (or was) in may have cut us off its updates for a while. The
+	// changes are those of the resolved current state (membership_changes),
+	// so a resolution that brings back an older member event counts too.
+	// (COUNT, not EXISTS: with EXISTS PostgreSQL's planner hoped to stop
+	// early and scanned membership_changes whole.)
 	for u, nid := range cachedNIDs {
 		var n int
 		err := s.db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM current_state cs
-			JOIN events e ON e.room_id = cs.room_id AND e.type = 'm.room.member' AND e.event_nid > $2 AND NOT e.outlier
+			JOIN membership_changes mc ON mc.room_id = cs.room_id AND mc.pos > $2
 			WHERE cs.type = 'm.room.member' AND cs.state_key = $1`, u, nid).Scan(&n)
 		if err != nil {
 			return nil, err

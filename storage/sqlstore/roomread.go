@@ -66,13 +66,21 @@ func (s *roomStore) ServerVisibility(ctx context.Context, roomID, server string)
 			base = append(base, change(0, ev.EventID, ev.Type, *ev.StateKey, string(ev.JSON)))
 		}
 	}
-	// Two index lookups, as in VisibilityChanges. Server names hold no LIKE
-	// wildcards ('%', '_'), so the suffix pattern is literal.
-	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
+	// Index lookups joined with UNION ALL, as in VisibilityChanges. The
+	// live memberships are the changes of the resolved current state
+	// (membership_changes), not the newest member event by position: a
+	// resolution that keeps an older ban over a newer join must cut the
+	// server off from that position on. Backfilled memberships (below 0)
+	// come from their events. Server names hold no LIKE wildcards ('%',
+	// '_'), so the suffix pattern is literal.
+	rows, err := s.db.R.QueryContext(ctx, `SELECT event_nid, event_id, type, state_key, skeleton_json, '' FROM events
 		WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' AND NOT outlier AND NOT rejected
 		UNION ALL
-		SELECT event_nid, event_id, type, state_key, skeleton_json FROM events
-		WHERE room_id = $1 AND type = 'm.room.member' AND state_key LIKE $2 AND NOT outlier AND NOT rejected
+		SELECT pos, event_id, 'm.room.member', user_id, '', membership FROM membership_changes
+		WHERE room_id = $1 AND user_id LIKE $2
+		UNION ALL
+		SELECT event_nid, event_id, type, state_key, skeleton_json, '' FROM events
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key LIKE $2 AND event_nid < 0 AND NOT outlier AND NOT rejected
 		ORDER BY 1`, roomID, "%"+suffix)
 	if err != nil {
 		return nil, err
@@ -82,17 +90,21 @@ func (s *roomStore) ServerVisibility(ctx context.Context, roomID, server string)
 	var out []storage.StateChange
 	for rows.Next() {
 		var (
-			nid                     int64
-			id, typ, stateKey, skel string
+			nid                                 int64
+			id, typ, stateKey, skel, membership string
 		)
-		if err := rows.Scan(&nid, &id, &typ, &stateKey, &skel); err != nil {
+		if err := rows.Scan(&nid, &id, &typ, &stateKey, &skel, &membership); err != nil {
 			return nil, err
 		}
 		if typ == "m.room.member" && !strings.HasSuffix(stateKey, suffix) {
-			continue
+			continue // LIKE ignores case in SQLite
 		}
 		if nid > 0 && base != nil {
 			out, base = append(out, base...), nil
+		}
+		if skel == "" {
+			out = append(out, storage.StateChange{NID: nid, EventID: id, Type: typ, StateKey: stateKey, Value: membership})
+			continue
 		}
 		out = append(out, change(nid, id, typ, stateKey, skel))
 	}

@@ -30,6 +30,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("RoomFederation", func(t *testing.T) { testRoomFederation(t, open) })
 	t.Run("OutlierMembership", func(t *testing.T) { testOutlierMembership(t, open) })
 	t.Run("SyncMembers", func(t *testing.T) { testSyncMembers(t, open) })
+	t.Run("ResolvedMembers", func(t *testing.T) { testResolvedMembers(t, open) })
 }
 
 // testMigrate checks a fresh store answers.
