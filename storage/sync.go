@@ -25,10 +25,6 @@ type SyncStore interface {
 	RoomEvents(ctx context.Context, roomID string, q EventQuery) ([]Event, error)
 	// RoomsWithEvents returns the rooms with timeline events in (after, upTo].
 	RoomsWithEvents(ctx context.Context, after, upTo int64) (map[string]bool, error)
-	// StreamEvents returns every event with after < nid <= upTo, of every
-	// room, outliers and rejected events included, in nid order, at most
-	// limit of them (the first limit).
-	StreamEvents(ctx context.Context, after, upTo int64, limit int) ([]Event, error)
 	// StateAt returns the room's state after its last timeline event with
 	// nid <= pos (empty if there is none).
 	StateAt(ctx context.Context, roomID string, pos int64) ([]Event, error)

@@ -37,7 +37,7 @@ type Service struct {
 	answered map[[2]string]answer
 	posReads posReads
 	unread   unreadCache // unread.go
-	windows  windows     // window.go
+	shared   sharedReads // window.go
 	filters  filterCache // filter.go
 }
 
@@ -483,14 +483,10 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 	}
 
 	// Rooms without new events need no timeline query in an incremental
-	// sync. The builds a wake starts share one read of the new events
-	// (window.go) when there are not too many.
+	// sync. The builds a wake starts share this read (window.go).
 	var active map[string]bool
-	var win *window
 	if !initial && !req.FullState {
-		if win = s.window(ctx, since.Timeline, to.Timeline); win != nil {
-			active = win.activeRooms(since.Timeline)
-		} else if active, err = s.store.RoomsWithEvents(ctx, since.Timeline, to.Timeline); err != nil {
+		if active, err = s.roomsWithEvents(ctx, since.Timeline, to.Timeline); err != nil {
 			return nil, false, err
 		}
 	}
@@ -511,7 +507,7 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 			}
 			// Joined all along: every event since the token is visible.
 			stayed := rs.atFrom == "join" && !rs.changedInWindow
-			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, stayed, req.FullState, req.UseStateAfter, rf, win)
+			jr, nonEmpty, err := s.joinedRoom(ctx, viewer, id, since.Timeline, to.Timeline, fresh, stayed, req.FullState, req.UseStateAfter, rf)
 			if err != nil {
 				return nil, false, err
 			}
@@ -618,18 +614,19 @@ func (s *Service) build(ctx context.Context, req Request, since Token, f *Filter
 }
 
 // timeline loads the visible events of a room in (from, upTo], the last
-// limit of them, and tells whether older ones were left out. win, if not
-// nil, is a shared read of the stream that may cover the range.
-func (s *Service) timeline(ctx context.Context, h *history, roomID string, from, upTo int64, tf *RoomEventFilter, win *window) ([]storage.Event, bool, error) {
+// limit of them, and tells whether older ones were left out. atPosition:
+// upTo is the build's stream position, so the read may be shared
+// (window.go).
+func (s *Service) timeline(ctx context.Context, h *history, roomID string, from, upTo int64, tf *RoomEventFilter, atPosition bool) ([]storage.Event, bool, error) {
 	limit := tf.limit(defaultTimelineLimit, maxTimelineLimit)
 	if limit == 0 {
 		return nil, true, nil
 	}
-	if win != nil && win.upTo == upTo && win.after <= from {
-		evs, limited := win.roomEvents(roomID, from, tf, limit)
-		return h.filter(evs), limited, nil
+	read := s.store.RoomEvents
+	if atPosition {
+		read = s.roomEvents
 	}
-	evs, err := s.store.RoomEvents(ctx, roomID, storage.EventQuery{
+	evs, err := read(ctx, roomID, storage.EventQuery{
 		After: from, UpTo: upTo, Limit: limit + 1, Backward: true, Filter: tf.storeFilter(),
 	})
 	if err != nil {
@@ -654,7 +651,7 @@ func (s *Service) timeline(ctx context.Context, h *history, roomID string, from,
 // visibility history is not read. The state is the whole state (when fresh
 // or fullState) or the changes since from, up to the start of the
 // timeline, or to its end with stateAfter.
-func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, stayed, fullState, stateAfter bool, rf *RoomFilter, win *window) (*JoinedRoom, bool, error) {
+func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from, to int64, fresh, stayed, fullState, stateAfter bool, rf *RoomFilter) (*JoinedRoom, bool, error) {
 	full := fresh || fullState
 	jr := &JoinedRoom{Timeline: Timeline{Events: []json.RawMessage{}}}
 	var h *history // nil: every timeline event is visible
@@ -667,9 +664,9 @@ func (s *Service) joinedRoom(ctx context.Context, v Viewer, roomID string, from,
 	tf, sf := ref(rf.Timeline), ref(rf.State)
 	tlFrom := from
 	if fresh {
-		tlFrom, win = 0, nil
+		tlFrom = 0
 	}
-	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf, win)
+	evs, limited, err := s.timeline(ctx, h, roomID, tlFrom, to, tf, true)
 	if err != nil {
 		return nil, false, err
 	}
@@ -885,7 +882,7 @@ func (s *Service) leftRoom(ctx context.Context, v Viewer, roomID string, from, l
 	if err != nil {
 		return nil, err
 	}
-	evs, limited, err := s.timeline(ctx, h, roomID, from, leaveNID, ref(rf.Timeline), nil)
+	evs, limited, err := s.timeline(ctx, h, roomID, from, leaveNID, ref(rf.Timeline), false)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,8 @@ package sync
 
 import (
 	"context"
+	"encoding/json"
+	"strconv"
 	stdsync "sync"
 	"time"
 
@@ -9,142 +11,140 @@ import (
 )
 
 // A wake makes every listener of a room build an incremental sync over
-// nearly the same slice of the stream: (its since, the streams' position].
-// Instead of each reading the rooms with new events and each room's new
-// timeline events, the builds share one read of the slice's events.
+// the same slice of the stream, (its since, the streams' position], and
+// each would ask the store the same two questions: which rooms have new
+// events, and what are a room's new timeline events. The builds share
+// those reads: a read is made once per question and kept among the last
+// few, and a build asking the same question gets the kept answer.
 //
-// A slice (after, upTo] is read once and kept among the last few: what it
-// holds does not change once upTo is the stream's position, because events
-// take their nid when they commit, in order, and whatever changes an
-// existing event in place (a redaction, an outlier becoming a timeline
-// event) commits a new event in the same transaction. A build whose
-// position is upTo read it after the build began, so that new event had
-// not committed when the build began: what the slice shows is what the
-// build's own read would have shown at that moment.
+// A kept answer is exact, not a cache that can go stale: it covers events
+// at or below the position upTo it was asked for, and such an event
+// changes only in the transaction that commits a newer event (a
+// redaction, an outlier becoming a timeline event). A build whose position
+// is upTo read that position after it began, so no such change had
+// committed when it began: the kept answer is what its own read would have
+// returned at that moment. (Whatever changes events in place without a new
+// event must keep this true, e.g. by dropping the kept reads.)
+//
+// The question is asked exactly as before (storage.SyncStore's
+// RoomsWithEvents and RoomEvents with the listener's own filter and
+// limit), so a room with one listener costs what it did.
 
 const (
-	// maxWindowEvents bounds a shared slice: a longer one is not kept, and
-	// the builds over it read per room as before.
-	maxWindowEvents = 256
-	// keptWindows is how many slices are kept (the newest).
-	keptWindows = 8
-	// windowReadTimeout bounds one shared read, which runs on its own
+	// keptReads is how many answers are kept (the newest).
+	keptReads = 64
+	// maxKeptEvents: a longer answer goes to the builds waiting for it but
+	// is not kept.
+	maxKeptEvents = 100
+	// sharedReadTimeout bounds one shared read, which runs on its own
 	// context so that a caller that goes away does not fail the others.
-	windowReadTimeout = 30 * time.Second
+	sharedReadTimeout = 30 * time.Second
 )
 
-// window is the events of one slice (after, upTo] of the stream.
-type window struct {
-	after, upTo int64
-	done        chan struct{} // closed when the read ended
-	err         error
-	tooLong     bool // more than maxWindowEvents: not used
-	// rooms holds each room's timeline events (not outliers, not
-	// rejected) in nid order. Shared by every caller: read only.
-	rooms map[string][]storage.Event
+// sharedRead is one question's answer.
+type sharedRead struct {
+	key    string
+	done   chan struct{} // closed when the read ended
+	err    error
+	active map[string]bool // RoomsWithEvents; read only
+	events []storage.Event // RoomEvents; read only
 }
 
-// windows keeps the last keptWindows slices.
-type windows struct {
+// sharedReads keeps the last keptReads answers.
+type sharedReads struct {
 	mu   stdsync.Mutex
-	kept []*window // oldest first
+	kept []*sharedRead // oldest first
 }
 
-// window returns the events of (after, upTo], or nil when the slice is
-// not shared (empty, too long, or unreadable: the caller reads per room).
-// A kept slice that starts earlier serves a later start too.
-func (s *Service) window(ctx context.Context, after, upTo int64) *window {
-	if after < 0 || after >= upTo {
-		return nil
-	}
-	ws := &s.windows
-	ws.mu.Lock()
-	var w *window
-	for i := len(ws.kept) - 1; i >= 0; i-- {
-		k := ws.kept[i]
-		if k.upTo == upTo && k.after <= after && (w == nil || k.after > w.after) {
-			w = k
+// share answers the question key, reading it with read unless it is kept
+// or being read.
+func (s *Service) share(ctx context.Context, key string, read func(context.Context, *sharedRead) error) (*sharedRead, error) {
+	sr := &s.shared
+	sr.mu.Lock()
+	var r *sharedRead
+	for i := len(sr.kept) - 1; i >= 0; i-- {
+		if sr.kept[i].key == key {
+			r = sr.kept[i]
+			break
 		}
 	}
-	lead := w == nil
+	lead := r == nil
 	if lead {
-		w = &window{after: after, upTo: upTo, done: make(chan struct{})}
-		ws.kept = append(ws.kept, w)
-		if len(ws.kept) > keptWindows {
-			ws.kept = append(ws.kept[:0:0], ws.kept[len(ws.kept)-keptWindows:]...)
+		r = &sharedRead{key: key, done: make(chan struct{})}
+		sr.kept = append(sr.kept, r)
+		if len(sr.kept) > keptReads {
+			sr.kept = append(sr.kept[:0:0], sr.kept[len(sr.kept)-keptReads:]...)
 		}
 	}
-	ws.mu.Unlock()
+	sr.mu.Unlock()
 	if lead {
-		s.readWindow(ctx, w)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
+		r.err = read(rctx, r)
+		cancel()
+		if r.err != nil || len(r.events) > maxKeptEvents {
+			sr.drop(r)
+		}
+		close(r.done)
 	}
 	select {
-	case <-w.done:
-	case <-ctx.Done():
-		return nil
+	case <-r.done: // an answer that is there is taken, whatever ctx says
+	default:
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	if w.err != nil || w.tooLong {
-		return nil
-	}
-	return w
+	return r, r.err
 }
 
-// readWindow reads w and publishes it; a failed read is dropped from the
-// kept slices, so the next caller reads again.
-func (s *Service) readWindow(ctx context.Context, w *window) {
-	defer close(w.done)
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), windowReadTimeout)
-	defer cancel()
-	evs, err := s.store.StreamEvents(rctx, w.after, w.upTo, maxWindowEvents+1)
+func (sr *sharedReads) drop(r *sharedRead) {
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	for i, k := range sr.kept {
+		if k == r {
+			sr.kept = append(sr.kept[:i:i], sr.kept[i+1:]...)
+			return
+		}
+	}
+}
+
+// roomsWithEvents is RoomsWithEvents(after, upTo), shared. The map is
+// read only.
+func (s *Service) roomsWithEvents(ctx context.Context, after, upTo int64) (map[string]bool, error) {
+	key := "active " + strconv.FormatInt(after, 10) + " " + strconv.FormatInt(upTo, 10)
+	r, err := s.share(ctx, key, func(ctx context.Context, r *sharedRead) error {
+		var err error
+		r.active, err = s.store.RoomsWithEvents(ctx, after, upTo)
+		return err
+	})
 	if err != nil {
-		w.err = err
-		ws := &s.windows
-		ws.mu.Lock()
-		for i, k := range ws.kept {
-			if k == w {
-				ws.kept = append(ws.kept[:i:i], ws.kept[i+1:]...)
-				break
-			}
-		}
-		ws.mu.Unlock()
-		return
+		return nil, err
 	}
-	if len(evs) > maxWindowEvents {
-		w.tooLong = true
-		return
-	}
-	w.rooms = map[string][]storage.Event{}
-	for _, ev := range evs {
-		if !ev.Outlier && !ev.Rejected {
-			w.rooms[ev.RoomID] = append(w.rooms[ev.RoomID], ev)
-		}
-	}
+	return r.active, nil
 }
 
-// activeRooms is RoomsWithEvents(from, w.upTo) from the slice.
-func (w *window) activeRooms(from int64) map[string]bool {
-	out := map[string]bool{}
-	for id, evs := range w.rooms {
-		if evs[len(evs)-1].NID > from {
-			out[id] = true
-		}
+// roomEvents is RoomEvents(roomID, q), shared when q ends at a stream
+// position (q.UpTo > 0). The events are the caller's own slice; their
+// contents are shared and read only.
+func (s *Service) roomEvents(ctx context.Context, roomID string, q storage.EventQuery) ([]storage.Event, error) {
+	if q.UpTo <= 0 || q.After < 0 {
+		return s.store.RoomEvents(ctx, roomID, q)
 	}
-	return out
-}
-
-// roomEvents is the room's timeline events in (from, w.upTo] that pass the
-// filter, the newest limit of them, oldest first, and whether more passed
-// (RoomEvents backwards with limit+1, as timeline reads it). The slice is
-// the caller's own.
-func (w *window) roomEvents(roomID string, from int64, tf *RoomEventFilter, limit int) ([]storage.Event, bool) {
-	var out []storage.Event
-	for _, ev := range w.rooms[roomID] {
-		if ev.NID > from && tf.matches(ev.Type, ev.Sender) {
-			out = append(out, ev)
-		}
+	k, err := json.Marshal(struct {
+		Room string
+		Q    storage.EventQuery
+	}{roomID, q})
+	if err != nil {
+		return nil, err
 	}
-	if len(out) > limit {
-		return out[len(out)-limit:], true
+	r, err := s.share(ctx, "events "+string(k), func(ctx context.Context, r *sharedRead) error {
+		var err error
+		r.events, err = s.store.RoomEvents(ctx, roomID, q)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return out, false
+	return append([]storage.Event(nil), r.events...), nil
 }

@@ -13,39 +13,62 @@ import (
 	"github.com/trustcase/node/storage"
 )
 
-// streamCounter counts the shared slice reads and can fail the next ones.
-type streamCounter struct {
+// readCounter counts the reads the builds share and can fail the next ones.
+type readCounter struct {
 	storage.SyncStore
-	mu    stdsync.Mutex
-	reads int
-	fail  int // fail this many more reads
+	mu            stdsync.Mutex
+	events, rooms int
+	fail          int // fail this many more reads
+	// entered and release, if set, hold the first RoomsWithEvents read:
+	// entered is closed when it begins, and it waits for release.
+	entered, release chan struct{}
 }
 
-func (c *streamCounter) StreamEvents(ctx context.Context, after, upTo int64, limit int) ([]storage.Event, error) {
-	c.mu.Lock()
-	c.reads++
-	fail := c.fail > 0
-	if fail {
+func (c *readCounter) failNow() bool {
+	if c.fail > 0 {
 		c.fail--
+		return true
 	}
+	return false
+}
+
+func (c *readCounter) RoomEvents(ctx context.Context, roomID string, q storage.EventQuery) ([]storage.Event, error) {
+	c.mu.Lock()
+	c.events++
+	fail := c.failNow()
 	c.mu.Unlock()
 	if fail {
 		return nil, errors.New("the database is gone")
 	}
-	return c.SyncStore.StreamEvents(ctx, after, upTo, limit)
+	return c.SyncStore.RoomEvents(ctx, roomID, q)
 }
 
-func (c *streamCounter) count() int {
+func (c *readCounter) RoomsWithEvents(ctx context.Context, after, upTo int64) (map[string]bool, error) {
+	c.mu.Lock()
+	c.rooms++
+	fail := c.failNow()
+	c.mu.Unlock()
+	if c.entered != nil {
+		close(c.entered)
+		<-c.release
+	}
+	if fail {
+		return nil, errors.New("the database is gone")
+	}
+	return c.SyncStore.RoomsWithEvents(ctx, after, upTo)
+}
+
+func (c *readCounter) counts() (events, rooms int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.reads
+	return c.events, c.rooms
 }
 
-func newWindowFixture(t *testing.T) (*unreadFixture, *streamCounter) {
+func newSharedFixture(t *testing.T) (*unreadFixture, *readCounter) {
 	f := newUnreadFixture(t)
-	sc := &streamCounter{SyncStore: f.db.Sync()}
-	f.svc.store = sc
-	return f, sc
+	rc := &readCounter{SyncStore: f.db.Sync()}
+	f.svc.store = rc
+	return f, rc
 }
 
 func eventIDs(evs []storage.Event) string {
@@ -56,203 +79,197 @@ func eventIDs(evs []storage.Event) string {
 	return strings.Join(ids, ",")
 }
 
-func TestSharedStreamSlice(t *testing.T) {
-	t.Run("a shared slice gives every room's timeline and active rooms exactly as the per-room reads", func(t *testing.T) {
-		f, _ := newWindowFixture(t)
+func TestSharedReads(t *testing.T) {
+	t.Run("concurrent long-polls woken by one message read the room's new events and the active rooms once", func(t *testing.T) {
+		f, rc := newSharedFixture(t)
 		ctx := t.Context()
-		const alice, bob = "@alice:x", "@bob:x"
+		const alice = "@alice:x"
 		f.room("!a:x", alice)
-		f.room("!b:x", bob)
-		f.room("!quiet:x", alice)
-		f.member("!a:x", bob, "join")
-		from := f.pos()
-		topic := ""
-		for i := range 12 {
-			switch i % 4 {
-			case 0:
-				f.msg("!a:x", alice)
-			case 1:
-				f.msg("!a:x", bob)
-			case 2:
-				f.put("!a:x", "m.room.topic", alice, &topic, fmt.Sprintf(`{"topic":"t%d"}`, i), "")
-			case 3:
-				f.msg("!b:x", bob)
-			}
+		listeners := make([]string, 30)
+		for i := range listeners {
+			listeners[i] = fmt.Sprintf("@l%d:x", i)
+			f.member("!a:x", listeners[i], "join")
 		}
-		f.member("!a:x", "@carol:x", "join")
-		to := f.pos()
-		// An outlier in the slice: not a timeline event of its room.
-		out := storage.NewEvent{EventID: "$outlier", RoomID: "!a:x", Type: "m.room.message", Sender: alice,
-			Skeleton: []byte(`{"type":"m.room.message","content":{}}`), Content: []byte(`{"body":"o"}`)}
-		if err := f.db.Rooms().PersistOutlier(ctx, out); err != nil {
-			t.Fatal(err)
-		}
-		to2 := f.pos()
-		if to2 <= to {
-			t.Fatalf("the outlier took no position (%d, %d)", to, to2)
-		}
-		lim := func(n int) *int { return &n }
-		filters := map[string]*RoomEventFilter{
-			"none":             {},
-			"limit 1":          {EventFilter: EventFilter{Limit: lim(1)}},
-			"limit 3":          {EventFilter: EventFilter{Limit: lim(3)}},
-			"messages":         {EventFilter: EventFilter{Types: &[]string{"m.room.message"}}},
-			"no types":         {EventFilter: EventFilter{Types: &[]string{}}},
-			"not m.room.*":     {EventFilter: EventFilter{NotTypes: []string{"m.room.*"}}},
-			"wildcard m.room.": {EventFilter: EventFilter{Types: &[]string{"m.room.*"}, Limit: lim(100)}},
-			"bob only":         {EventFilter: EventFilter{Senders: &[]string{bob}}},
-			"not alice":        {EventFilter: EventFilter{NotSenders: []string{alice}, Limit: lim(4)}},
-		}
-		for _, upTo := range []int64{to, to2} {
-			win := f.svc.window(ctx, from, upTo)
-			if win == nil {
-				t.Fatalf("no shared slice for (%d, %d]", from, upTo)
-			}
-			want, err := f.db.Sync().RoomsWithEvents(ctx, from+2, upTo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := win.activeRooms(from + 2); fmt.Sprint(got) != fmt.Sprint(want) {
-				t.Fatalf("active rooms from %d = %v, want %v", from+2, got, want)
-			}
-			for name, tf := range filters {
-				for _, room := range []string{"!a:x", "!b:x", "!quiet:x"} {
-					for _, since := range []int64{from, from + 5, upTo - 1, upTo} {
-						got, gotLimited, err := f.svc.timeline(ctx, nil, room, since, upTo, tf, win)
-						if err != nil {
-							t.Fatal(err)
-						}
-						wantEvs, wantLimited, err := f.svc.timeline(ctx, nil, room, since, upTo, tf, nil)
-						if err != nil {
-							t.Fatal(err)
-						}
-						if eventIDs(got) != eventIDs(wantEvs) || gotLimited != wantLimited {
-							t.Fatalf("%s, %s since %d: shared %s (limited %v), per room %s (limited %v)",
-								name, room, since, eventIDs(got), gotLimited, eventIDs(wantEvs), wantLimited)
-						}
-						for i := range got {
-							if string(got[i].JSON) != string(wantEvs[i].JSON) || got[i].NID != wantEvs[i].NID {
-								t.Fatalf("%s: event %s differs: %s vs %s", name, got[i].EventID, got[i].JSON, wantEvs[i].JSON)
-							}
-						}
-					}
-				}
-			}
-		}
-	})
-
-	t.Run("concurrent builds over one slice read it once, and a later start is served from it", func(t *testing.T) {
-		f, sc := newWindowFixture(t)
-		ctx := t.Context()
-		f.room("!a:x", "@alice:x")
-		from := f.pos()
-		for range 5 {
-			f.msg("!a:x", "@alice:x")
-		}
-		to := f.pos()
+		since := Token{Timeline: f.pos()}.String()
+		filter := `{"room":{"timeline":{"limit":1000}}}`
+		_, msgID := f.msg("!a:x", alice)
+		e0, r0 := rc.counts()
 		var wg stdsync.WaitGroup
-		wins := make([]*window, 50)
-		for i := range wins {
+		got := make([]string, len(listeners))
+		errs := make([]error, len(listeners))
+		for i, u := range listeners {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				wins[i] = f.svc.window(ctx, from, to)
+				resp, err := f.svc.Sync(ctx, Request{UserID: u, DeviceID: "D", Since: since, Filter: filter})
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				if jr := resp.Rooms.Join["!a:x"]; jr != nil {
+					for _, ev := range jr.Timeline.Events {
+						got[i] += gjson.GetBytes(ev, "event_id").String()
+					}
+				}
 			}()
 		}
 		wg.Wait()
-		for i, w := range wins {
-			if w == nil || w != wins[0] {
-				t.Fatalf("caller %d got slice %p, caller 0 %p", i, w, wins[0])
+		for i := range listeners {
+			if errs[i] != nil || got[i] != msgID {
+				t.Fatalf("%s got %q, %v; want %s", listeners[i], got[i], errs[i], msgID)
 			}
 		}
-		if n := sc.count(); n != 1 {
-			t.Fatalf("%d reads of one slice, want 1", n)
-		}
-		if w := f.svc.window(ctx, from+2, to); w != wins[0] {
-			t.Fatalf("a later start read again (%d reads)", sc.count())
-		}
-		// An earlier start or another end is another slice.
-		if w := f.svc.window(ctx, from-1, to); w == nil || w == wins[0] || sc.count() != 2 {
-			t.Fatalf("an earlier start: slice %p, %d reads", w, sc.count())
-		}
-		// Nothing new: no slice, no read.
-		if w := f.svc.window(ctx, to, to); w != nil || sc.count() != 2 {
-			t.Fatalf("an empty slice was read: %p, %d reads", w, sc.count())
+		if e, r := rc.counts(); e-e0 != 1 || r-r0 != 1 {
+			t.Fatalf("%d room-event reads and %d active-room reads for %d listeners, want 1 and 1", e-e0, r-r0, len(listeners))
 		}
 	})
 
-	t.Run("only the newest slices are kept", func(t *testing.T) {
-		f, sc := newWindowFixture(t)
+	t.Run("another room, range, limit or filter is another read; the same question is answered from the kept read", func(t *testing.T) {
+		f, rc := newSharedFixture(t)
 		ctx := t.Context()
 		f.room("!a:x", "@alice:x")
+		f.room("!b:x", "@bob:x")
 		from := f.pos()
-		var ends []int64
-		for range keptWindows + 3 {
+		for range 3 {
 			f.msg("!a:x", "@alice:x")
-			ends = append(ends, f.pos())
-			if f.svc.window(ctx, from, ends[len(ends)-1]) == nil {
-				t.Fatal("no slice")
+			f.msg("!b:x", "@bob:x")
+		}
+		to := f.pos()
+		q := storage.EventQuery{After: from, UpTo: to, Limit: 11, Backward: true}
+		lim := q
+		lim.Limit = 2
+		typed := q
+		typed.Filter = storage.EventFilter{Types: []string{"m.room.message"}, TypesSet: true}
+		senders := q
+		senders.Filter = storage.EventFilter{NotSenders: []string{"@alice:x"}}
+		earlier := q
+		earlier.After = from - 1
+		for round := range 2 {
+			for _, c := range []struct {
+				room string
+				q    storage.EventQuery
+			}{{"!a:x", q}, {"!b:x", q}, {"!a:x", lim}, {"!a:x", typed}, {"!a:x", senders}, {"!a:x", earlier}} {
+				got, err := f.svc.roomEvents(ctx, c.room, c.q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := f.db.Sync().RoomEvents(ctx, c.room, c.q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if eventIDs(got) != eventIDs(want) {
+					t.Fatalf("%s %+v: shared %s, store %s", c.room, c.q, eventIDs(got), eventIDs(want))
+				}
+			}
+			if e, _ := rc.counts(); e != 6 {
+				t.Fatalf("round %d: %d reads for 6 questions", round, e)
 			}
 		}
-		if n := len(f.svc.windows.kept); n != keptWindows {
-			t.Fatalf("%d slices kept, want %d", n, keptWindows)
+		// The caller may reorder its events: the kept answer stays as read.
+		evs, _ := f.svc.roomEvents(ctx, "!a:x", q)
+		evs[0], evs[len(evs)-1] = evs[len(evs)-1], evs[0]
+		again, _ := f.svc.roomEvents(ctx, "!a:x", q)
+		want, _ := f.db.Sync().RoomEvents(ctx, "!a:x", q)
+		if eventIDs(again) != eventIDs(want) {
+			t.Fatalf("a caller's reordering reached the kept answer: %s, want %s", eventIDs(again), eventIDs(want))
 		}
-		reads := sc.count()
-		f.svc.window(ctx, from, ends[len(ends)-1])
-		f.svc.window(ctx, from, ends[0])
-		if got := sc.count() - reads; got != 1 {
-			t.Fatalf("%d reads for the newest and the oldest slice, want 1 (the oldest was dropped)", got)
+		// Not at a stream position (no upper bound): never shared.
+		open := q
+		open.UpTo = 0
+		for range 2 {
+			if _, err := f.svc.roomEvents(ctx, "!a:x", open); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if e, _ := rc.counts(); e != 8 {
+			t.Fatalf("%d reads, want 8: an unbounded read was shared", e)
 		}
 	})
 
-	t.Run("a slice longer than the bound is not shared and the sync reads per room", func(t *testing.T) {
-		f, _ := newWindowFixture(t)
+	t.Run("only the newest reads are kept, and a long answer is not kept", func(t *testing.T) {
+		f, rc := newSharedFixture(t)
 		ctx := t.Context()
 		f.room("!a:x", "@alice:x")
-		f.member("!a:x", "@bob:x", "join")
-		since := f.pos()
-		for range maxWindowEvents + 1 {
+		for range maxKeptEvents + 1 {
 			f.msg("!a:x", "@alice:x")
 		}
 		to := f.pos()
-		if w := f.svc.window(ctx, since, to); w != nil {
-			t.Fatal("a slice over the bound was shared")
+		long := storage.EventQuery{After: 0, UpTo: to, Limit: maxKeptEvents + 1, Backward: true}
+		for range 2 {
+			if evs, err := f.svc.roomEvents(ctx, "!a:x", long); err != nil || len(evs) != maxKeptEvents+1 {
+				t.Fatalf("%d events, %v", len(evs), err)
+			}
 		}
-		tok := Token{Timeline: since}
-		resp, err := f.svc.Sync(ctx, Request{UserID: "@bob:x", DeviceID: "D", Since: tok.String(),
-			Filter: `{"room":{"timeline":{"limit":5}}}`})
-		if err != nil {
-			t.Fatal(err)
+		if e, _ := rc.counts(); e != 2 {
+			t.Fatalf("%d reads of a long answer asked twice, want 2 (not kept)", e)
 		}
-		jr := resp.Rooms.Join["!a:x"]
-		if jr == nil || len(jr.Timeline.Events) != 5 || !jr.Timeline.Limited {
-			t.Fatalf("timeline = %+v", jr)
+		for i := range keptReads + 1 {
+			if _, err := f.svc.roomsWithEvents(ctx, int64(i), to); err != nil {
+				t.Fatal(err)
+			}
 		}
-		last := gjson.GetBytes(jr.Timeline.Events[4], "event_id").String()
-		if want := fmt.Sprintf("$u%d", f.n); last != want {
-			t.Fatalf("last event %s, want %s (position %d)", last, want, to)
+		if n := len(f.svc.shared.kept); n != keptReads {
+			t.Fatalf("%d reads kept, want %d", n, keptReads)
+		}
+		_, r0 := rc.counts()
+		f.svc.roomsWithEvents(ctx, int64(keptReads), to) // the newest: kept
+		f.svc.roomsWithEvents(ctx, 0, to)                // the oldest: dropped
+		if _, r := rc.counts(); r-r0 != 1 {
+			t.Fatalf("%d reads for the newest and the oldest question, want 1", r-r0)
 		}
 	})
 
-	t.Run("a failed read is not kept: the build reads per room and the next caller reads again", func(t *testing.T) {
-		f, sc := newWindowFixture(t)
+	t.Run("a failed read fails its callers and is not kept: the next caller reads again", func(t *testing.T) {
+		f, rc := newSharedFixture(t)
 		ctx := t.Context()
 		f.room("!a:x", "@alice:x")
 		f.member("!a:x", "@bob:x", "join")
 		since := f.pos()
 		_, msgID := f.msg("!a:x", "@alice:x")
-		sc.fail = 1
-		tok := Token{Timeline: since}
-		resp, err := f.svc.Sync(ctx, Request{UserID: "@bob:x", DeviceID: "D", Since: tok.String()})
+		rc.fail = 1
+		tok := Token{Timeline: since}.String()
+		if _, err := f.svc.Sync(ctx, Request{UserID: "@bob:x", DeviceID: "D", Since: tok}); err == nil {
+			t.Fatal("a failed read did not fail the sync")
+		}
+		resp, err := f.svc.Sync(ctx, Request{UserID: "@bob:x", DeviceID: "D", Since: tok})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if jr := resp.Rooms.Join["!a:x"]; jr == nil || len(jr.Timeline.Events) != 1 ||
 			gjson.GetBytes(jr.Timeline.Events[0], "event_id").String() != msgID {
-			t.Fatalf("after a failed slice read the timeline is %+v", jr)
+			t.Fatalf("after a failed read the timeline is %+v", jr)
 		}
-		if w := f.svc.window(ctx, since, f.pos()); w == nil || sc.count() != 2 {
-			t.Fatalf("the failed slice was kept: %p after %d reads", w, sc.count())
+	})
+
+	t.Run("a waiting caller that goes away returns at once; the read still answers the others", func(t *testing.T) {
+		f, rc := newSharedFixture(t)
+		f.room("!a:x", "@alice:x")
+		to := f.pos()
+		rc.entered, rc.release = make(chan struct{}), make(chan struct{})
+		lead := make(chan error, 1)
+		go func() {
+			active, err := f.svc.roomsWithEvents(t.Context(), 0, to)
+			if err == nil && !active["!a:x"] {
+				err = fmt.Errorf("active rooms = %v", active)
+			}
+			lead <- err
+		}()
+		<-rc.entered // the first caller's read has begun
+		gone, cancel := context.WithCancel(t.Context())
+		cancel()
+		if _, err := f.svc.roomsWithEvents(gone, 0, to); !errors.Is(err, context.Canceled) {
+			t.Fatalf("a cancelled waiter got %v", err)
+		}
+		close(rc.release)
+		if err := <-lead; err != nil {
+			t.Fatal(err)
+		}
+		// A caller whose context ended gets an answer that is there.
+		if active, err := f.svc.roomsWithEvents(gone, 0, to); err != nil || !active["!a:x"] {
+			t.Fatalf("a cancelled caller with the answer kept got %v, %v", active, err)
+		}
+		if _, r := rc.counts(); r != 1 {
+			t.Fatalf("%d reads, want 1", r)
 		}
 	})
 }
