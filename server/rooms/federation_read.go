@@ -89,15 +89,24 @@ func (v *serverView) at(nid int64) (string, map[string]string) {
 
 // everJoined tells whether a user of the server has joined the room.
 func (v *serverView) everJoined() bool {
+	return v.joinedAfter(-1 << 62)
+}
+
+// joinedAfter tells whether a user of the server joined the room after
+// the event at nid (the spec's "shared": "the user joined the room at any
+// point after the event was sent").
+func (v *serverView) joinedAfter(nid int64) bool {
 	for _, c := range v.changes {
-		if c.Type == spec.MRoomMember && c.Value == spec.Join {
+		if c.NID > nid && c.Type == spec.MRoomMember && c.Value == spec.Join {
 			return true
 		}
 	}
 	return false
 }
 
-func (v *serverView) allowed(vis string, members map[string]string) bool {
+// allowed: may the server see the event at nid, with this visibility and
+// its users' memberships in force before it.
+func (v *serverView) allowed(nid int64, vis string, members map[string]string) bool {
 	joined, invited := false, false
 	for _, m := range members {
 		joined = joined || m == spec.Join
@@ -111,9 +120,10 @@ func (v *serverView) allowed(vis string, members map[string]string) bool {
 	case vis == "joined":
 		return false
 	}
-	// shared, or a value not understood (read as shared): the server's
-	// users may read back once one of them has joined.
-	return v.everJoined()
+	// shared, or a value not understood (read as shared): what was sent
+	// before one of the server's users joined (not what came after they
+	// all left or were banned).
+	return v.joinedAfter(nid)
 }
 
 // canSee applies the rules to one event.
@@ -122,13 +132,13 @@ func (v *serverView) canSee(ev storage.Event) bool {
 		return true // the server's own users' membership events
 	}
 	vis, members := v.at(ev.NID)
-	if v.allowed(vis, members) {
+	if v.allowed(ev.NID, vis, members) {
 		return true
 	}
 	// A history_visibility event is visible if the visibility before or
 	// after it allows.
 	if ev.Type == "m.room.history_visibility" && ev.StateKey != nil && *ev.StateKey == "" && !ev.Rejected {
-		return v.allowed(gjson.GetBytes(ev.JSON, "content.history_visibility").String(), members)
+		return v.allowed(ev.NID, gjson.GetBytes(ev.JSON, "content.history_visibility").String(), members)
 	}
 	return false
 }

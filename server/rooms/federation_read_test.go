@@ -200,6 +200,25 @@ func TestFederationHistoryServed(t *testing.T) {
 		sameIDs(t, "limit", ids(t, "11", got["events"]), msgs[2], msgs[3])
 	})
 
+	t.Run("after the server's members left, shared history sent later is hidden from it; what came before stays", func(t *testing.T) {
+		room := must[string](t)(a.rooms.CreateRoom(ctx, alice, rooms.CreateRequest{Preset: "public_chat", InitialState: visibility("shared")}))
+		before := must[string](t)(a.rooms.Send(ctx, alice, "D", room, "m.room.message", "sb", []byte(`{"body":"before the leave"}`)))
+		must[string](t)(b.rooms.Join(ctx, bob, room, ""))
+		if err := b.rooms.Leave(ctx, bob, room, ""); err != nil {
+			t.Fatal(err)
+		}
+		deliver(t, b, a)
+		after := must[string](t)(a.rooms.Send(ctx, alice, "D", room, "m.room.message", "sa", []byte(`{"body":"after the leave"}`)))
+		must[*rooms.Transaction](t)(a.rooms.ServeEvent(ctx, origin, before))
+		_, err := a.rooms.ServeEvent(ctx, origin, after)
+		wantCode(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		txn := must[*rooms.Transaction](t)(a.rooms.ServeBackfill(ctx, origin, room, []string{after}, 50))
+		got := ids(t, "11", txn.PDUs)
+		if has(got, after) || !has(got, before) {
+			t.Fatalf("backfill after the leave: %v (want %s, not %s)", got, before, after)
+		}
+	})
+
 	t.Run("after the server's members left, events of joined visibility are hidden from it", func(t *testing.T) {
 		hv := must[string](t)(a.rooms.SendState(ctx, alice, roomID, "m.room.history_visibility", "", []byte(`{"history_visibility":"joined"}`)))
 		if err := b.rooms.Leave(ctx, bob, roomID, ""); err != nil {
