@@ -132,26 +132,7 @@ func crisisRoom(t *testing.T, createBody map[string]any, owner *member, others .
 		})
 		m.c.Join(t, roomID)
 	}
-	all := append([]*member{owner}, others...)
-	for _, m := range all {
-		joined := map[string]bool{}
-		m.since = m.c.SyncUntil(t, "", "", func(s gjson.Result) bool {
-			room := s.Get("rooms.join." + gjson.Escape(roomID))
-			for _, part := range []string{"state.events", "timeline.events"} {
-				for _, ev := range room.Get(part).Array() {
-					if ev.Get("type").String() == "m.room.member" {
-						joined[ev.Get("state_key").String()] = ev.Get("content.membership").String() == "join"
-					}
-				}
-			}
-			for _, o := range all {
-				if !joined[o.c.UserID] {
-					return false
-				}
-			}
-			return true
-		})
-	}
+	joinedAll(t, roomID, append([]*member{owner}, others...)...)
 	return roomID
 }
 
@@ -168,6 +149,30 @@ func (m *member) seesTexts(t *testing.T, roomID string, texts ...string) {
 		}
 		return len(missing) == 0
 	}, func() string { return fmt.Sprintf("%s still misses %v", m.name, missing) })
+}
+
+// joinedAll waits until each member's /sync shows every member joined.
+func joinedAll(t *testing.T, roomID string, all ...*member) {
+	t.Helper()
+	for _, m := range all {
+		joined := map[string]bool{}
+		m.since = syncUntilFor(t, m.c, "", 90*time.Second, func(s gjson.Result) bool {
+			room := s.Get("rooms.join." + gjson.Escape(roomID))
+			for _, part := range []string{"state.events", "timeline.events"} {
+				for _, ev := range room.Get(part).Array() {
+					if ev.Get("type").String() == "m.room.member" {
+						joined[ev.Get("state_key").String()] = ev.Get("content.membership").String() == "join"
+					}
+				}
+			}
+			for _, o := range all {
+				if !joined[o.c.UserID] {
+					return false
+				}
+			}
+			return true
+		}, func() string { return fmt.Sprintf("%s sees joined: %v", m.name, joined) })
+	}
 }
 
 // syncUntilFor is Client.SyncUntil with its own deadline (a node that was

@@ -193,30 +193,6 @@ func (d *dendrite) Register(t *testing.T) *Client {
 	return c
 }
 
-// joinedBoth waits until each member's /sync shows every member joined.
-func joinedBoth(t *testing.T, roomID string, all ...*member) {
-	t.Helper()
-	for _, m := range all {
-		joined := map[string]bool{}
-		m.since = syncUntilFor(t, m.c, "", 90*time.Second, func(s gjson.Result) bool {
-			room := s.Get("rooms.join." + gjson.Escape(roomID))
-			for _, part := range []string{"state.events", "timeline.events"} {
-				for _, ev := range room.Get(part).Array() {
-					if ev.Get("type").String() == "m.room.member" {
-						joined[ev.Get("state_key").String()] = ev.Get("content.membership").String() == "join"
-					}
-				}
-			}
-			for _, o := range all {
-				if !joined[o.c.UserID] {
-					return false
-				}
-			}
-			return true
-		}, func() string { return fmt.Sprintf("%s sees joined: %v", m.name, joined) })
-	}
-}
-
 // seesText syncs m on until roomID's timeline shows an m.room.message with
 // this body sent by sender.
 func seesText(t *testing.T, m *member, roomID, sender, text string) {
@@ -277,7 +253,7 @@ func TestInteropDendrite(t *testing.T) {
 				return s.Get("rooms.invite." + gjson.Escape(tcRoom)).Exists()
 			}, func() string { return "bob has no invite to " + tcRoom })
 			bob.c.Join(t, tcRoom)
-			joinedBoth(t, tcRoom, alice, bob)
+			joinedAll(t, tcRoom, alice, bob)
 
 			alice.c.SendText(t, tcRoom, "hello from TrustCase")
 			seesText(t, bob, tcRoom, alice.c.UserID, "hello from TrustCase")
@@ -294,7 +270,7 @@ func TestInteropDendrite(t *testing.T) {
 				return s.Get("rooms.invite." + gjson.Escape(dRoom)).Exists()
 			}, func() string { return "dave has no invite to " + dRoom })
 			dave.c.Join(t, dRoom)
-			joinedBoth(t, dRoom, carol, dave)
+			joinedAll(t, dRoom, carol, dave)
 
 			dave.c.SendText(t, dRoom, "hi Dendrite, TrustCase here")
 			seesText(t, carol, dRoom, dave.c.UserID, "hi Dendrite, TrustCase here")
@@ -317,7 +293,7 @@ func TestInteropDendrite(t *testing.T) {
 				local := "interop" + randomString(6)
 				roomID := tc.host.c.CreateRoom(t, map[string]any{"room_version": "11", "preset": "public_chat", "room_alias_name": local})
 				tc.joiner.c.Join(t, "#"+local+":"+tc.hostServer)
-				joinedBoth(t, roomID, tc.host, tc.joiner)
+				joinedAll(t, roomID, tc.host, tc.joiner)
 				tc.joiner.c.SendText(t, roomID, tc.text)
 				seesText(t, tc.host, roomID, tc.joiner.c.UserID, tc.text)
 			})
