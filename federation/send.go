@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/trustcase/node/internal/parallel"
 	"github.com/trustcase/node/server/mxerr"
 	"github.com/trustcase/node/storage"
 )
@@ -294,7 +293,7 @@ func (a *API) checkPDUs(ctx context.Context, origin spec.ServerName, pdus []json
 	for i, pdu := range pdus {
 		a.checkRoom(ctx, pdu, rooms, &out[i])
 	}
-	forEachPDU(len(pdus), func(i int) { out[i].parse(pdus[i]) })
+	parallel.Each(len(pdus), func(i int) { out[i].parse(pdus[i]) })
 	for i := range out {
 		c := &out[i]
 		if c.err != nil {
@@ -378,30 +377,6 @@ func (c *pduCheck) parse(pdu json.RawMessage) {
 	if c.guess {
 		c.eventID = eventIDGuess(pdu, c.carried)
 	}
-}
-
-// forEachPDU calls f(0) ... f(n-1) on up to GOMAXPROCS goroutines and
-// returns when all have returned.
-func forEachPDU(n int, f func(i int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	if workers <= 1 {
-		for i := range n {
-			f(i)
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				f(i)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 func eventIDGuess(pdu json.RawMessage, carried string) string {

@@ -3,13 +3,11 @@ package rooms
 import (
 	"context"
 	"encoding/json"
-	"runtime"
-	"sync"
-	"sync/atomic"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/trustcase/node/internal/parallel"
 	"github.com/trustcase/node/storage"
 )
 
@@ -88,7 +86,7 @@ func (s *Service) checkBatch(ctx context.Context, verImpl gomatrixserverlib.IRoo
 	if !s.checkSafely(check, 0) {
 		return nil
 	}
-	forEachUntilFails(len(pdus)-1, func(i int) bool { return s.checkSafely(check, i+1) })
+	parallel.UntilFails(len(pdus)-1, func(i int) bool { return s.checkSafely(check, i+1) })
 	n := 0
 	for ; n < len(out); n++ {
 		if out[n].ev == nil || out[n].ev.RoomID().String() != out[0].ev.RoomID().String() {
@@ -109,40 +107,6 @@ func (s *Service) checkSafely(check func(int) bool, i int) (ok bool) {
 		}
 	}()
 	return check(i)
-}
-
-// forEachUntilFails calls f(0) ... f(n-1) on up to GOMAXPROCS goroutines,
-// taking the indices in order, and returns when all calls it made have
-// returned. Once f(i) returns false, indices above i are no longer started
-// (some may have run already): what follows a failure is not needed.
-func forEachUntilFails(n int, f func(i int) bool) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	var next atomic.Int64
-	var failed atomic.Int64 // the lowest failed index so far, or n
-	failed.Store(int64(n))
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= failed.Load() {
-					return // indices only grow: the rest are past the failure too
-				}
-				if f(int(i)) {
-					continue
-				}
-				for {
-					cur := failed.Load()
-					if i >= cur || failed.CompareAndSwap(cur, i) {
-						break
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // batchView is the room as the fast path sees it while checking a batch:
